@@ -1,0 +1,161 @@
+"""The ``graft`` command. Heavy modules are imported inside each command, so
+``graft --help``, ``graft predict`` and ``graft serve`` never load TensorFlow."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import click
+
+from graft.errors import GraftError
+
+DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda", "tensorrt", "openvino"])
+
+
+class GraftGroup(click.Group):
+    """Turns GraftError into one line on stderr and its exit code (``--debug``: traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except GraftError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)
+
+
+@click.group(cls=GraftGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="graft")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """graft: a folder of pictures in, a classifier that runs anywhere out."""
+    ctx.obj = {"debug": debug}
+    if not debug:
+        warnings.showwarning = _show_warning
+
+
+def main() -> None:
+    cli(prog_name="graft")
+
+
+# --------------------------------------------------------------------------- build
+@cli.command()
+@click.argument("data", type=click.Path(path_type=str))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=str),
+              help="Bundle directory to write (model.keras + graft.json).")
+@click.option("--backbone", default="mobilenet_v2", show_default=True,
+              help="A registered backbone name, or a saved .keras model to cut.")
+@click.option("--cut-layer", default=None, help="Layer of a source .keras model to cut at "
+              "(default: its last pooled feature layer).")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet (Keras' download and cache), none, or a weights FILE.")
+@click.option("--image-size", type=click.IntRange(16, 1024), default=None,
+              help="Square input size in pixels (default: the backbone's native size).")
+@click.option("--resize", type=click.Choice(["stretch", "crop"]), default="stretch", show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 10000), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option("--val-split", type=click.FloatRange(0, 0.5), default=0.15, show_default=True)
+@click.option("--test-split", type=click.FloatRange(0, 0.5), default=0.15, show_default=True)
+@click.option("--patience", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Early stopping: epochs without val_loss improvement.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--cache-dir", type=click.Path(path_type=str), default=None,
+              help="Feature cache (default: $GRAFT_CACHE or ~/.cache/graft).")
+def build(data, out, **options):
+    """Train a new head on a frozen backbone from DATA (class folders or a path,label CSV)."""
+    from graft.builder.train import BuildOptions, build_bundle
+
+    manifest = build_bundle(data, out, BuildOptions(**options))
+    _print_build_summary(out, manifest)
+
+
+def _print_build_summary(out: str, manifest: dict) -> None:
+    metrics = manifest.get("metrics", {})
+    dataset = manifest["dataset"]
+    click.echo(f"bundle: {out}")
+    click.echo(f"classes: {len(manifest['labels'])}  images: {dataset['images']}  "
+               f"skipped: {len(dataset['skipped'])}  split: " +
+               " ".join(f"{k}={v}" for k, v in dataset["split_counts"].items()))
+    for row in dataset["skipped"][:20]:
+        click.echo(f"  skipped {row['path']}: {row['reason']}")
+    if "accuracy" in metrics:
+        click.echo(f"test accuracy: {metrics['accuracy']:.4f} on {metrics['count']} images")
+
+
+# -------------------------------------------------------------------------- export
+@cli.command()
+@click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=str))
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--opset", type=click.IntRange(13, 23), default=17, show_default=True)
+def export(bundle_dir, fmt, opset):
+    """Export a bundle's model and check it agrees with the Keras model."""
+    from graft.exporters.onnx import export_onnx
+
+    row = export_onnx(bundle_dir, opset=opset)
+    parity = row["parity"]
+    click.echo(f"wrote {bundle_dir}/{row['path']} ({row['size_bytes'] / 1e6:.2f} MB)  "
+               f"agreement {parity['top1_agreement']:.2%}  max|dprob| {parity['max_abs_diff']:.2e} "
+               f"on {parity['images']} test images")
+
+
+# ------------------------------------------------------------------------- predict
+@cli.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str), default=None,
+              help="Write results to a .csv or .jsonl file instead of the terminal.")
+@click.option("--top-k", type=click.IntRange(1, 1000), default=3, show_default=True)
+@click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
+def predict(model, inputs, output, top_k, device):
+    """Classify images with an exported MODEL (a bundle or a .onnx file)."""
+    from graft.runtime.classifier import Classifier
+    from graft.runtime.results import expand_inputs, write_results
+
+    clf = Classifier.load(model, device=device)
+    paths = expand_inputs(inputs)
+    rows = []
+    for path in paths:
+        try:
+            rows.append({"path": str(path), "predictions": clf.predict(path, top_k=top_k), "error": ""})
+        except GraftError as exc:
+            rows.append({"path": str(path), "predictions": [], "error": str(exc)})
+    if output:
+        write_results(rows, output)
+        click.echo(f"wrote {len(rows)} rows to {output}")
+    else:
+        for row in rows:
+            text = row["error"] or "  ".join(f"{p.label} {p.score:.4f}" for p in row["predictions"])
+            click.echo(f"{row['path']}\t{text}")
+    failed = sum(1 for row in rows if row["error"])
+    click.echo(f"{len(rows) - failed} ok, {failed} failed (device: {clf.device})", err=True)
+
+
+# ------------------------------------------------------------------------- inspect
+@cli.command()
+@click.argument("model", type=click.Path(path_type=str))
+def inspect(model):
+    """Show a bundle's or model file's labels, input spec, provenance and integrity."""
+    from graft.inspect import describe_model
+
+    for line in describe_model(model):
+        click.echo(line)
+
+
+# ---------------------------------------------------------------------------- demo
+@cli.command()
+@click.option("-o", "--output", "out", type=click.Path(path_type=str), default="graft-demo",
+              show_default=True, help="Folder for the sample data and the bundle.")
+def demo(out):
+    """Offline end to end: sample images -> build -> export ONNX -> predict."""
+    from graft.demo import run_demo
+
+    run_demo(out, echo=click.echo)

@@ -1,0 +1,59 @@
+"""`graft inspect`: what a bundle or a single exported file says about itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from graft.bundle import is_bundle, read_manifest, sha256_file
+
+
+def describe_model(path: str) -> list[str]:
+    if is_bundle(path):
+        manifest = read_manifest(path)
+        lines = _describe_manifest(manifest)
+        lines.append("exports:")
+        for row in manifest.get("exports", []):
+            file = Path(path, row["path"])
+            if not file.is_file():
+                state = "MISSING"
+            elif sha256_file(file) != row.get("sha256"):
+                state = "SHA256 MISMATCH"
+            else:
+                state = "ok"
+            parity = row.get("parity", {})
+            extra = (f"  agreement {parity['top1_agreement']:.2%} max|d| {parity['max_abs_diff']:.1e}"
+                     if "top1_agreement" in parity else "")
+            lines.append(f"  {row['path']}  {row['format']}:{row['precision']}  "
+                         f"{row['size_bytes'] / 1e6:.2f} MB  sha256 {row['sha256'][:12]}  {state}{extra}")
+        if not manifest.get("exports"):
+            lines.append("  (none; run `graft export`)")
+        return lines
+    from graft.runtime.engines import open_engine
+
+    engine = open_engine(path, device="cpu")
+    if engine.manifest is None:
+        return [f"model: {path}", f"format: {engine.format}", "manifest: none embedded"]
+    lines = _describe_manifest(engine.manifest)
+    lines.insert(0, f"model: {path} ({engine.format}, sha256 {sha256_file(path)[:12]})")
+    return lines
+
+
+def _describe_manifest(manifest: dict) -> list[str]:
+    prep = manifest["preprocessing"]
+    backbone = manifest.get("backbone", {})
+    weights = backbone.get("weights", {})
+    lines = [
+        f"name: {manifest.get('name', '')}",
+        f"labels ({len(manifest['labels'])}): {', '.join(manifest['labels'])}",
+        f"input: {json.dumps(manifest['input'])}",
+        f"preprocessing: {prep['size'][0]}x{prep['size'][1]} {prep.get('resize', 'stretch')} "
+        f"{prep.get('interpolation', 'bilinear')} {prep.get('channel_order', 'RGB')} "
+        f"range {prep.get('range', [0, 255])}",
+        f"backbone: {backbone.get('name', '?')}"
+        + (f" weights {weights.get('source')} sha256 {str(weights.get('sha256', ''))[:12]}" if weights else ""),
+        f"created: {manifest.get('created', '?')}  graft {manifest.get('graft_version', '?')}",
+    ]
+    if "metrics" in manifest and "accuracy" in manifest["metrics"]:
+        lines.append(f"test accuracy: {manifest['metrics']['accuracy']:.4f}")
+    return lines

@@ -1,0 +1,142 @@
+"""The Python API: ``Classifier.load(PATH).predict(images, top_k=5)``.
+
+PATH is a bundle directory (its float32 ONNX export by default, checked against
+the sha256 in graft.json) or a single exported file that carries its manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, NamedTuple, Sequence
+
+import numpy as np
+from PIL import Image
+
+from graft.bundle import EXPORTS_DIR, find_export, is_bundle, read_manifest, sha256_file
+from graft.errors import BundleError, GraftError, IntegrityError
+from graft.runtime.engines import Engine, open_engine
+from graft.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageSource, load_batch
+
+
+class Prediction(NamedTuple):
+    label: str
+    score: float
+
+
+def parse_artifact(artifact: str | None) -> tuple[str, str]:
+    """'onnx' -> ('onnx', 'float32'); 'tflite:int8' -> ('tflite', 'int8')."""
+    fmt, _, precision = (artifact or "onnx").partition(":")
+    return fmt, precision or "float32"
+
+
+def resolve_model_file(path: str | os.PathLike, artifact: str | None = None) -> tuple[Path, dict | None, str | None]:
+    """Return (model file, bundle manifest or None, expected sha256 or None)."""
+    path = Path(path)
+    if path.is_dir():
+        if not is_bundle(path):
+            raise BundleError(f"{path}: a directory but not a graft bundle (no graft.json)")
+        manifest = read_manifest(path)
+        fmt, precision = parse_artifact(artifact)
+        row = find_export(manifest, fmt, precision)
+        if row is None:
+            have = ", ".join(f"{r['format']}:{r['precision']}" for r in manifest.get("exports", [])) or "none"
+            raise BundleError(f"{path}: no {fmt}:{precision} export (exports: {have}); "
+                              f"run `graft export {path} --format {fmt}`")
+        return path / row["path"], manifest, row.get("sha256")
+    if not path.exists():
+        raise BundleError(f"{path}: no such model file or bundle")
+    return path, None, None
+
+
+class Classifier:
+    """Top-k image classification with one exported model, without TensorFlow."""
+
+    def __init__(self, engine: Engine, manifest: dict, source: str = "",
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.engine = engine
+        self.manifest = manifest
+        self.source = source
+        self.labels: list[str] = list(manifest["labels"])
+        self.contract: dict = manifest["preprocessing"]
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+             artifact: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Classifier":
+        """Load a bundle (``artifact`` picks the export, e.g. 'onnx' or 'tflite:int8') or a file."""
+        model_file, manifest, expected_sha = resolve_model_file(path, artifact)
+        data = model_file.read_bytes() if model_file.is_file() else None
+        if data is None:
+            raise BundleError(f"{model_file}: the model file is missing; re-run `graft export`")
+        if expected_sha is not None:
+            import hashlib
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != expected_sha:
+                raise IntegrityError(f"{model_file}: sha256 {actual[:12]}... does not match the "
+                                     f"{expected_sha[:12]}... recorded in graft.json; the file was "
+                                     "changed or damaged, re-run `graft export`")
+        engine = open_engine(model_file, device=device, threads=threads, model_bytes=data)
+        manifest = manifest or engine.manifest
+        if manifest is None:
+            raise BundleError(f"{model_file}: the file carries no graft manifest (labels, "
+                              "preprocessing); export it with `graft export`")
+        return cls(engine, manifest, str(model_file), max_pixels)
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return self.engine.device
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        height, width = self.contract["size"]
+        return height, width
+
+    # -- inference ----------------------------------------------------------
+    def preprocess(self, images: Iterable[ImageSource]) -> np.ndarray:
+        """Decode and resize images exactly as the manifest says: uint8 (N, H, W, 3)."""
+        return load_batch(images, self.contract, self.max_pixels)
+
+    def predict_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Probabilities (N, C) for preprocessed pixels (N, H, W, 3) in 0..255."""
+        pixels = np.asarray(pixels)
+        expected = (*self.input_size, 3)
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
+            raise GraftError(f"expected pixels shaped (N, {expected[0]}, {expected[1]}, 3); "
+                             f"received {pixels.shape}")
+        fixed = self.engine.input_shape[0] if self.engine.input_shape else None
+        step = fixed or batch_size
+        outputs = [self.engine.run(pixels[i:i + step]) for i in range(0, len(pixels), step)]
+        if not outputs:
+            return np.zeros((0, len(self.labels)), np.float32)
+        return np.concatenate(outputs)
+
+    def top_k(self, probs: np.ndarray, k: int = 5) -> list[list[Prediction]]:
+        k = max(1, min(int(k), len(self.labels)))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[Prediction(self.labels[i], float(row[i])) for i in idx]
+                for row, idx in zip(probs, order)]
+
+    def predict(self, images: ImageSource | Sequence[ImageSource], top_k: int = 5,
+                batch_size: int = 32):
+        """Top-k (label, score) for one image, or a list of them for many.
+
+        One image: a path, bytes, a PIL image or an HxWx3 array. Many: a list or
+        tuple of those, or an (N, H, W, 3) array.
+        """
+        single = not _is_many(images)
+        batch = [images] if single else list(images)
+        results = []
+        for start in range(0, len(batch), batch_size):
+            pixels = self.preprocess(batch[start:start + batch_size])
+            results.extend(self.top_k(self.predict_pixels(pixels, batch_size), top_k))
+        return results[0] if single else results
+
+
+def _is_many(images: object) -> bool:
+    if isinstance(images, np.ndarray):
+        return images.ndim == 4
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)):
+        return False
+    return isinstance(images, Iterable)

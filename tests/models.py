@@ -1,0 +1,89 @@
+"""Tiny models for tests, made without TensorFlow.
+
+``make_color_onnx`` writes a real ONNX classifier of an image's dominant colour:
+mean over the pixels, a linear layer, softmax. Red images come out "red", and
+so on, so tests can assert predictions, not only shapes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from graft import bundle
+
+LABELS = ["red", "green", "blue"]
+
+
+def color_manifest(size: int = 16, labels: list[str] = LABELS) -> dict:
+    return {
+        "schema_version": bundle.SCHEMA_VERSION,
+        "name": "colors",
+        "created": "2026-01-01T00:00:00+00:00",
+        "labels": list(labels),
+        "input": {"name": "pixels", "shape": [None, size, size, 3], "dtype": "float32", "layout": "NHWC"},
+        "output": {"name": "probs", "shape": [None, len(labels)], "dtype": "float32"},
+        "preprocessing": bundle.preprocessing_contract(size, size),
+        "backbone": {"name": "mean-colour"},
+    }
+
+
+def make_color_onnx(path: str | Path, size: int = 16, manifest: dict | None = None,
+                    fixed_batch: int | None = None) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    manifest = manifest or color_manifest(size)
+    classes = len(manifest["labels"])
+    weight = np.zeros((3, classes), np.float32)
+    for i in range(min(3, classes)):
+        weight[i, i] = 0.02  # a channel mean of 220 vs 20 gives p ~ 0.97: sharp, not saturated
+    bias = np.zeros(classes, np.float32)
+    batch = fixed_batch or "N"
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["pixels", "axes"], ["mean"], keepdims=0),
+            helper.make_node("MatMul", ["mean", "W"], ["logits0"]),
+            helper.make_node("Add", ["logits0", "B"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+        ],
+        "colors",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [batch, size, size, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, classes])],
+        initializer=[numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+                     numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.helper.set_model_props(model, {bundle.METADATA_KEY: json.dumps(bundle.portable_manifest(manifest))})
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_color_bundle(directory: str | Path, size: int = 16) -> Path:
+    """A bundle directory with graft.json and exports/model.onnx (no model.keras)."""
+    directory = Path(directory)
+    manifest = color_manifest(size)
+    onnx_path = make_color_onnx(directory / "exports" / "model.onnx", size, manifest)
+    manifest["exports"] = [{
+        "path": "exports/model.onnx", "format": "onnx", "precision": "float32",
+        "size_bytes": onnx_path.stat().st_size, "sha256": bundle.sha256_file(onnx_path),
+        "options": {"opset": 18},
+    }]
+    bundle.write_manifest(directory, manifest)
+    return directory
+
+
+def solid_image(path: str | Path, color: str, size: tuple[int, int] = (40, 30), fmt: str | None = None) -> Path:
+    from PIL import Image
+
+    rgb = {"red": (220, 20, 20), "green": (20, 220, 20), "blue": (20, 20, 220)}[color]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, rgb).save(path, format=fmt)
+    return path

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
 import click
 
 from graft.errors import GraftError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logs, when a command loads it
 
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda", "tensorrt", "openvino"])
 
@@ -54,8 +57,9 @@ def main() -> None:
               help="A registered backbone name, or a saved .keras model to cut.")
 @click.option("--cut-layer", default=None, help="Layer of a source .keras model to cut at "
               "(default: its last pooled feature layer).")
-@click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet (Keras' download and cache), none, or a weights FILE.")
+@click.option("--weights", default=None,
+              help="imagenet (Keras' download and cache; the default for registered backbones), "
+              "none, or a weights FILE. A source .keras model keeps its own weights by default.")
 @click.option("--image-size", type=click.IntRange(16, 1024), default=None,
               help="Square input size in pixels (default: the backbone's native size).")
 @click.option("--resize", type=click.Choice(["stretch", "crop"]), default="stretch", show_default=True)
@@ -70,6 +74,7 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(path_type=str), default=None,
               help="Feature cache (default: $GRAFT_CACHE or ~/.cache/graft).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at -o.")
 def build(data, out, **options):
     """Train a new head on a frozen backbone from DATA (class folders or a path,label CSV)."""
     from graft.builder.train import BuildOptions, build_bundle
@@ -95,12 +100,14 @@ def _print_build_summary(out: str, manifest: dict) -> None:
 @cli.command()
 @click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=str))
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
-@click.option("--opset", type=click.IntRange(13, 23), default=17, show_default=True)
-def export(bundle_dir, fmt, opset):
+@click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
+@click.option("--data", "data_root", type=click.Path(path_type=str), default=None,
+              help="The dataset's root, if it moved since `graft build` (for the parity check).")
+def export(bundle_dir, fmt, opset, data_root):
     """Export a bundle's model and check it agrees with the Keras model."""
     from graft.exporters.onnx import export_onnx
 
-    row = export_onnx(bundle_dir, opset=opset)
+    row = export_onnx(bundle_dir, opset=opset, data_root=data_root)
     parity = row["parity"]
     click.echo(f"wrote {bundle_dir}/{row['path']} ({row['size_bytes'] / 1e6:.2f} MB)  "
                f"agreement {parity['top1_agreement']:.2%}  max|dprob| {parity['max_abs_diff']:.2e} "

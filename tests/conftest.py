@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Keras reads KERAS_HOME once, at import: point its download cache at a private
+# folder so tests fill it themselves and never touch (or depend on) the user's.
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="graft-keras-home-")
 
 from models import LABELS, make_color_bundle, make_color_onnx, solid_image  # noqa: E402
 
@@ -28,3 +32,35 @@ def color_images(tmp_path):
     """One solid image per label, as JPEG, PNG and BMP; returns {label: path}."""
     suffix = {"red": "jpg", "green": "png", "blue": "bmp"}
     return {c: solid_image(tmp_path / f"{c}.{suffix[c]}", c) for c in LABELS}
+
+
+@pytest.fixture(scope="session")
+def source_model(tmp_path_factory):
+    from models import make_source_model
+
+    return make_source_model(tmp_path_factory.mktemp("source") / "source.keras")
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    """red/green/blue class folders (12 PNGs each) plus a corrupt and a non-image file."""
+    from models import make_dataset
+
+    root = make_dataset(tmp_path_factory.mktemp("data") / "colors")
+    (root / "red" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF")
+    (root / "green" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="session")
+def built_bundle(tmp_path_factory, dataset, source_model):
+    """One bundle built and exported to ONNX, shared by the tests that only read it."""
+    from graft.builder.train import BuildOptions, build_bundle
+    from graft.exporters.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("bundles") / "colors"
+    cache = tmp_path_factory.mktemp("cache")
+    build_bundle(dataset, out, BuildOptions(backbone=str(source_model), epochs=40, lr=1e-2,
+                                            progress=False, cache_dir=str(cache)))
+    export_onnx(out)
+    return out

@@ -87,3 +87,37 @@ def solid_image(path: str | Path, color: str, size: tuple[int, int] = (40, 30), 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, rgb).save(path, format=fmt)
     return path
+
+
+COLORS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+
+
+def make_dataset(root: str | Path, per_class: int = 12, size: tuple[int, int] = (40, 48),
+                 seed: int = 0, classes: dict = COLORS) -> Path:
+    """Class folders of noisy solid-colour PNGs: easy enough for a tiny backbone to learn."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for name, rgb in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 30, (size[0], size[1], 3))
+            pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def make_source_model(path: str | Path, size: int = 24, seed: int = 0) -> Path:
+    """A tiny saved Keras model taking RGB 0..255, with a pooled 'features' layer."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="features")(x)
+    outputs = keras.layers.Dense(4, activation="softmax", name="old_head")(x)
+    path = Path(path)
+    keras.Model(inputs, outputs).save(path)
+    return path

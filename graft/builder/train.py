@@ -55,6 +55,7 @@ def build_bundle(data: str | Path, out: str | Path, options: BuildOptions | None
 
     from graft.builder.backbones import load_backbone
 
+    tf.get_logger().setLevel("ERROR")
     keras.utils.set_random_seed(options.seed)
     tf.config.experimental.enable_op_determinism()
     backbone = load_backbone(options.backbone, options.weights, options.image_size, options.cut_layer)

@@ -1,0 +1,77 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from graft import bundle
+from graft.errors import CheckFailed, ExportError
+from graft.exporters import onnx as onnx_export
+from graft.exporters import verify
+from graft.runtime import Classifier
+
+
+def test_onnx_file_is_valid_self_describing_and_recorded(built_bundle):
+    import onnx
+
+    manifest = bundle.read_manifest(built_bundle)
+    row = bundle.find_export(manifest, "onnx", "float32")
+    path = built_bundle / row["path"]
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    embedded = json.loads({p.key: p.value for p in model.metadata_props}[bundle.METADATA_KEY])
+    assert embedded["labels"] == manifest["labels"]
+    assert embedded["preprocessing"] == manifest["preprocessing"]
+    assert row["size_bytes"] == path.stat().st_size and row["sha256"] == bundle.sha256_file(path)
+    assert row["options"] == {"opset": 17, "dynamic_batch": True}
+    parity = row["parity"]
+    assert parity["passed"] and parity["top1_agreement"] == 1.0 and parity["max_abs_diff"] <= 1e-4
+    assert parity["images"] == manifest["dataset"]["split_counts"]["test"]
+
+
+def test_runtime_matches_keras_on_any_batch_size(built_bundle):
+    pixels, _, _ = verify.load_split(built_bundle, "train")
+    reference = verify.keras_probs(built_bundle, pixels)
+    clf = Classifier.load(built_bundle)
+    for batch in (1, 7, len(pixels)):
+        np.testing.assert_allclose(clf.predict_pixels(pixels, batch_size=batch), reference, atol=1e-5)
+
+
+def test_failed_parity_is_flagged_and_exits_1(built_bundle, tmp_path, monkeypatch):
+    copy = shutil.copytree(built_bundle, tmp_path / "b")
+    monkeypatch.setitem(verify.FLOAT32_BUDGET, "max_abs_diff", 0.0)
+    monkeypatch.setitem(verify.FLOAT32_BUDGET, "min_agreement", 1.01)
+    with pytest.raises(CheckFailed, match="parity with Keras failed"):
+        onnx_export.export_onnx(copy)
+    row = bundle.find_export(bundle.read_manifest(copy), "onnx", "float32")
+    assert row["parity"]["passed"] is False  # kept, but never silently good
+
+
+def test_interrupted_export_leaves_nothing_behind(built_bundle, tmp_path, monkeypatch):
+    copy = shutil.copytree(built_bundle, tmp_path / "b")
+    shutil.rmtree(copy / "exports")
+    manifest = bundle.read_manifest(copy)
+    manifest["exports"] = []
+    bundle.write_manifest(copy, manifest)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "check_parity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        onnx_export.export_onnx(copy)
+    assert list((copy / "exports").iterdir()) == []
+    assert bundle.read_manifest(copy)["exports"] == []
+
+
+def test_moved_dataset_needs_data_flag(built_bundle, dataset, tmp_path):
+    copy = shutil.copytree(built_bundle, tmp_path / "b")
+    rows = json.loads((copy / "splits.json").read_text())
+    for row in rows["samples"]:
+        row["file"] = str(tmp_path / "gone" / row["path"])
+    (copy / "splits.json").write_text(json.dumps(rows))
+    with pytest.raises(ExportError, match="pass --data DATA"):
+        onnx_export.export_onnx(copy)
+    row = onnx_export.export_onnx(copy, data_root=str(dataset))
+    assert row["parity"]["passed"]

@@ -1,0 +1,75 @@
+"""Batch-1 latency of Classifier.predict_pixels on preprocessed input, against calling
+onnxruntime directly on the same file and against Keras model.predict / model(x).
+
+    python benchmarks/bench_predict.py [--runs 300]
+
+Target: Classifier overhead <= 10% over raw onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import median, mobilenet_bundle  # noqa: E402
+
+
+def latencies(fn, runs: int, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--bundle", type=Path, default=None, help="reuse a bundle with an ONNX export")
+    args = parser.parse_args()
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from graft.runtime import Classifier
+
+    bundle_dir = args.bundle or mobilenet_bundle(Path(tempfile.mkdtemp(prefix="graft-bench-predict-")))
+    clf = Classifier.load(bundle_dir, device="cpu")
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3)).astype(np.float32)
+    session = ort.InferenceSession(clf.source, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    import keras
+
+    model = keras.saving.load_model(Path(bundle_dir) / "model.keras")
+    np.testing.assert_allclose(clf.predict_pixels(pixels), session.run(None, {name: pixels})[0], atol=1e-6)
+
+    # Interleave the two ONNX peers in rounds so drift on a shared machine hits both alike.
+    rounds, per_round = 10, max(1, args.runs // 10)
+    ours, raw = [], []
+    for _ in range(rounds):
+        ours += latencies(lambda: clf.predict_pixels(pixels), per_round, warmup=5)
+        raw += latencies(lambda: session.run(None, {name: pixels}), per_round, warmup=5)
+    keras_predict = latencies(lambda: model.predict(pixels, verbose=0), max(30, args.runs // 10), warmup=5)
+    keras_call = latencies(lambda: model(pixels, training=False), max(30, args.runs // 10), warmup=5)
+
+    o, r = median(ours), median(raw)
+    print(f"model: MobileNetV2 head bundle, 224 px, batch 1, {len(ours)} runs, 2 threads default")
+    print(f"raw onnxruntime session.run     median {r:7.2f} ms")
+    print(f"Classifier.predict_pixels       median {o:7.2f} ms   overhead {100 * (o / r - 1):+.1f}% (target <= 10%)")
+    print(f"keras model.predict             median {median(keras_predict):7.2f} ms   "
+          f"{median(keras_predict) / o:.1f}x slower than graft")
+    print(f"keras model(x)                  median {median(keras_call):7.2f} ms   "
+          f"{median(keras_call) / o:.1f}x slower than graft")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ the sha256 in graft.json) or a single exported file that carries its manifest.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
@@ -13,7 +14,7 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from graft.bundle import EXPORTS_DIR, find_export, is_bundle, read_manifest, sha256_file
+from graft.bundle import find_export, is_bundle, read_manifest
 from graft.errors import BundleError, GraftError, IntegrityError
 from graft.runtime.engines import Engine, open_engine
 from graft.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageSource, load_batch
@@ -70,7 +71,6 @@ class Classifier:
         if data is None:
             raise BundleError(f"{model_file}: the model file is missing; re-run `graft export`")
         if expected_sha is not None:
-            import hashlib
             actual = hashlib.sha256(data).hexdigest()
             if actual != expected_sha:
                 raise IntegrityError(f"{model_file}: sha256 {actual[:12]}... does not match the "

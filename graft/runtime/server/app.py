@@ -109,6 +109,7 @@ class Server:
                 on_batch=self.metrics.batch_observer(entry.name, entry.version))
             self.metrics.pending.labels(entry.name, entry.version).set_function(
                 lambda b=entry.batcher: b.queued)
+        self.metrics.in_flight.set_function(lambda: self.state.inflight)
 
     # -- lifecycle ------------------------------------------------------------
     @contextlib.asynccontextmanager

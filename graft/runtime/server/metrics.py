@@ -6,7 +6,8 @@ failures labelled by reason), ``nv_inference_count`` (images inferred),
 ``nv_inference_exec_count`` (model executions; count / exec_count is the mean
 batch size), and the cumulative microseconds ``nv_inference_request_duration_us``,
 ``nv_inference_queue_duration_us``, ``nv_inference_compute_infer_duration_us``.
-Also ``nv_inference_pending_request_count`` (queued now) and a latency histogram.
+Also ``nv_inference_pending_request_count`` (queued now), ``graft_http_requests_in_flight``
+and a latency histogram ``graft_request_duration_seconds``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Metrics:
                                   "Cumulative model execution time in microseconds")
         self.pending = Gauge("nv_inference_pending_request_count", "Requests queued now",
                              _MODEL, registry=self.registry)
+        self.in_flight = Gauge("graft_http_requests_in_flight", "HTTP requests being answered now",
+                               registry=self.registry)
         self.latency = Histogram("graft_request_duration_seconds", "End-to-end request latency",
                                  _MODEL, registry=self.registry,
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))

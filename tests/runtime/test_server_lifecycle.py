@@ -134,3 +134,13 @@ def test_the_server_never_imports_tensorflow_and_the_cli_stays_light():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
     assert result.stdout.split() == ["True", "[]"], result.stderr
+
+
+def test_the_listening_socket_says_tcp_so_responses_are_not_delayed_by_nagle():
+    from graft.runtime.server import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP  # asyncio sets TCP_NODELAY only then
+    finally:
+        sock.close()

@@ -1,0 +1,206 @@
+"""Closed-loop load against `graft serve`, batching on vs off, against in-process predict.
+
+    python benchmarks/bench_server.py [--model BUNDLE_OR_ONNX] [--requests 400]
+
+Without --model it builds a MobileNetV2 (224x224, random weights, 10 classes;
+needs graft[build]) once and caches it under $GRAFT_CACHE or ~/.cache/graft.
+For each server (--max-batch-size 32, then 1 = batching off) and each
+concurrency (1, 8, 32, 64), that many clients each send one JPEG to
+POST /v2/models/NAME/classify, wait for the answer and send the next, until
+--requests answers came back. The peer, run in the same process, is
+Classifier.predict on the same JPEG bytes. Prints throughput, p50 and p99, and
+the ratios the targets are stated in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONCURRENCY = (1, 8, 32, 64)
+SIZE = 224
+
+
+# ---------------------------------------------------------------- the model
+def mobilenet_bundle(directory: Path) -> Path:
+    """MobileNetV2 (weights=None) with its normalisation inside, exported to ONNX, as a bundle."""
+    if (directory / "graft.json").is_file():
+        return directory
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    from graft import bundle
+
+    inputs = tf.keras.Input((SIZE, SIZE, 3), name="pixels")
+    x = tf.keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = tf.keras.applications.MobileNetV2(weights=None, classes=10, input_shape=(SIZE, SIZE, 3))(x)
+    model = tf.keras.Model(inputs, x)
+    function = tf.function(lambda pixels: model(pixels, training=False))
+    spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="pixels"),)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=17)
+    labels = [f"class{i}" for i in range(10)]
+    manifest = {
+        "schema_version": bundle.SCHEMA_VERSION, "name": "mobilenet_v2", "labels": labels,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "input": {"name": "pixels", "shape": [None, SIZE, SIZE, 3], "dtype": "float32", "layout": "NHWC"},
+        "output": {"name": proto.graph.output[0].name, "shape": [None, 10], "dtype": "float32"},
+        "preprocessing": bundle.preprocessing_contract(SIZE, SIZE),
+        "backbone": {"name": "mobilenet_v2", "weights": "none (random, benchmark only)"},
+    }
+    onnx.helper.set_model_props(proto, {bundle.METADATA_KEY: json.dumps(bundle.portable_manifest(manifest))})
+    path = directory / bundle.EXPORTS_DIR / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bundle.atomic_write_bytes(path, proto.SerializeToString())
+    manifest["exports"] = [{"path": "exports/model.onnx", "format": "onnx", "precision": "float32",
+                            "size_bytes": path.stat().st_size, "sha256": bundle.sha256_file(path),
+                            "options": {"opset": 17}}]
+    bundle.write_manifest(directory, manifest)
+    return directory
+
+
+def sample_jpeg(size: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- the server
+class Server:
+    def __init__(self, model: Path, max_batch_size: int, extra: list[str]):
+        command = [sys.executable, "-m", "graft", "serve", str(model), "--port", "0", "--log-level",
+                   "warning", "--max-batch-size", str(max_batch_size), *extra]
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+        line = self.process.stdout.readline()
+        if " on http://" not in line:
+            self.process.kill()
+            raise SystemExit(f"graft serve did not start: {line}")
+        self.host, port = line.rsplit("http://", 1)[1].strip().rsplit(":", 1)
+        self.port = int(port)
+        self.name = line.split("serving ", 1)[1].split(":", 1)[0]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def closed_loop(server: Server, body: bytes, concurrency: int, total: int) -> tuple[float, np.ndarray]:
+    """``concurrency`` clients, each one request at a time; (seconds, latencies in seconds)."""
+    path = f"/v2/models/{server.name}/classify?top_k=1"
+    latencies: list[float] = []
+    lock = threading.Lock()
+    sent = [0]
+
+    def client():
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=120)
+        connection.connect()
+        # http.client sends headers and body in two writes; without TCP_NODELAY, Nagle's
+        # algorithm and the server's delayed ACK add 40 ms to every request.
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            with lock:
+                if sent[0] >= total:
+                    break
+                sent[0] += 1
+            start = time.perf_counter()
+            connection.request("POST", path, body, {"Content-Type": "image/jpeg"})
+            response = connection.getresponse()
+            response.read()
+            elapsed = time.perf_counter() - start
+            if response.status != 200:
+                raise SystemExit(f"HTTP {response.status} under load")
+            with lock:
+                latencies.append(elapsed)
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start, np.array(latencies)
+
+
+def in_process(model: Path, body: bytes, count: int) -> np.ndarray:
+    from graft.runtime.classifier import Classifier
+
+    clf = Classifier.load(model)
+    for _ in range(5):
+        clf.predict(body, top_k=1)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        clf.predict(body, top_k=1)
+        times.append(time.perf_counter() - start)
+    return np.array(times)
+
+
+# ---------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="A bundle or .onnx file (default: MobileNetV2).")
+    parser.add_argument("--requests", type=int, default=400, help="Requests per concurrency level.")
+    parser.add_argument("--image-size", type=int, default=256, help="Side of the JPEG sent (pixels).")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    args = parser.parse_args()
+    cache = Path(os.environ.get("GRAFT_CACHE", Path.home() / ".cache" / "graft"))
+    model = args.model or mobilenet_bundle(cache / "bench" / "mobilenet_v2")
+    body = sample_jpeg(args.image_size)
+
+    peer = in_process(model, body, max(50, args.requests // 2))
+    print(f"model: {model}\nin-process Classifier.predict: p50 {np.median(peer) * 1e3:.2f} ms  "
+          f"p99 {np.percentile(peer, 99) * 1e3:.2f} ms")
+    results: dict[tuple[str, int], tuple[float, float, float]] = {}
+    for label, batch in (("batched", 32), ("unbatched", 1)):
+        server = Server(model, batch, [])
+        try:
+            closed_loop(server, body, 8, 40)  # warm up
+            for concurrency in args.concurrency:
+                seconds, lat = closed_loop(server, body, concurrency, args.requests)
+                row = (len(lat) / seconds, np.median(lat) * 1e3, np.percentile(lat, 99) * 1e3)
+                results[(label, concurrency)] = row
+                print(f"{label:9s} c={concurrency:<3d} {row[0]:8.1f} req/s  p50 {row[1]:8.2f} ms  "
+                      f"p99 {row[2]:8.2f} ms", flush=True)
+        finally:
+            server.stop()
+    report(results, peer, args.concurrency)
+
+
+def report(results, peer, levels) -> None:
+    print("\n| concurrency | batched req/s | batched p50 / p99 ms | unbatched req/s | unbatched p50 / p99 ms |")
+    print("|---|---|---|---|---|")
+    for c in levels:
+        b, u = results[("batched", c)], results[("unbatched", c)]
+        print(f"| {c} | {b[0]:.1f} | {b[1]:.1f} / {b[2]:.1f} | {u[0]:.1f} | {u[1]:.1f} / {u[2]:.1f} |")
+    if 32 in levels:
+        b, u = results[("batched", 32)], results[("unbatched", 32)]
+        print(f"\nc=32 throughput batched / unbatched: {b[0] / u[0]:.2f}x (target >= 3x)")
+        print(f"c=32 batched p99 / p50: {b[2] / b[1]:.2f} (target <= 3)")
+    if 1 in levels:
+        gap = results[("batched", 1)][1] - np.median(peer) * 1e3
+        print(f"c=1 batched p50 - in-process p50: {gap:.2f} ms (target <= 2 ms)")
+
+
+if __name__ == "__main__":
+    main()

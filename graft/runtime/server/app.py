@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import time
 from dataclasses import dataclass
 
+import anyio.to_thread
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -73,11 +76,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BadRequest("the client disconnected before the request body was complete") from None
     return b"".join(chunks)
 
 
@@ -101,6 +107,7 @@ class Server:
     def __init__(self, repository: Repository, config: ServerConfig):
         self.repository, self.config = repository, config
         self.state, self.metrics = ServerState(), Metrics()
+        self.decode_limiter = None  # made in the event loop, at startup
         for entry in repository.entries():
             entry.batcher = Batcher(
                 lambda pixels, clf=entry.classifier: clf.predict_pixels(pixels, config.max_batch_size),
@@ -114,6 +121,8 @@ class Server:
     # -- lifecycle ------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
+        # Decoding runs in threads; a few at a time bounds the memory that large images take.
+        self.decode_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         for entry in self.repository.entries():
             entry.batcher.start()
         yield
@@ -216,6 +225,10 @@ class Server:
             timeout_s = min(timeout_s, timeout_us / 1e6)
         return arrived + timeout_s
 
+    async def _decode(self, entry: ModelEntry, images: list[bytes]) -> np.ndarray:
+        work = functools.partial(decode_images, entry, images)
+        return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
+
     async def _infer(self, request: Request, entry: ModelEntry, arrived: float) -> Response:
         with entry.batcher.arriving():
             body = await read_body(request, self.config.max_body_bytes)
@@ -226,7 +239,7 @@ class Server:
                 parsed = parse_infer(body, header, entry)
             pixels = parsed.pixels
             if pixels is None:
-                pixels = await run_in_threadpool(decode_images, entry, parsed.images)
+                pixels = await self._decode(entry, parsed.images)
         probs, _ = await entry.batcher.submit(pixels, self._deadline(arrived, parsed.timeout_us))
         content, headers = infer_response(entry, parsed, probs)
         return Response(content, headers=headers)
@@ -236,7 +249,7 @@ class Server:
         with entry.batcher.arriving():
             body = await read_body(request, self.config.max_body_bytes)
             names, images = await _uploaded_images(request, body)
-            pixels = await run_in_threadpool(decode_images, entry, images)
+            pixels = await self._decode(entry, images)
         probs, _ = await entry.batcher.submit(pixels, self._deadline(arrived))
         results = [{"filename": name, "predictions": [{"label": p.label, "score": p.score} for p in row]}
                    for name, row in zip(names, entry.classifier.top_k(probs, top_k))]

@@ -35,11 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CONCURRENCY = (1, 8, 32, 64)
-SIZE = 224
+SIZE = 224  # MobileNetV2's native input
 
 
 # ---------------------------------------------------------------- the model
-def mobilenet_bundle(directory: Path) -> Path:
+def mobilenet_bundle(directory: Path, size: int = SIZE, alpha: float = 1.0) -> Path:
     """MobileNetV2 (weights=None) with its normalisation inside, exported to ONNX, as a bundle."""
     if (directory / "graft.json").is_file():
         return directory
@@ -50,21 +50,22 @@ def mobilenet_bundle(directory: Path) -> Path:
 
     from graft import bundle
 
-    inputs = tf.keras.Input((SIZE, SIZE, 3), name="pixels")
+    inputs = tf.keras.Input((size, size, 3), name="pixels")
     x = tf.keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    x = tf.keras.applications.MobileNetV2(weights=None, classes=10, input_shape=(SIZE, SIZE, 3))(x)
+    x = tf.keras.applications.MobileNetV2(weights=None, classes=10, alpha=alpha,
+                                          input_shape=(size, size, 3))(x)
     model = tf.keras.Model(inputs, x)
     function = tf.function(lambda pixels: model(pixels, training=False))
-    spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="pixels"),)
+    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="pixels"),)
     proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=17)
     labels = [f"class{i}" for i in range(10)]
     manifest = {
         "schema_version": bundle.SCHEMA_VERSION, "name": "mobilenet_v2", "labels": labels,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "input": {"name": "pixels", "shape": [None, SIZE, SIZE, 3], "dtype": "float32", "layout": "NHWC"},
+        "input": {"name": "pixels", "shape": [None, size, size, 3], "dtype": "float32", "layout": "NHWC"},
         "output": {"name": proto.graph.output[0].name, "shape": [None, 10], "dtype": "float32"},
-        "preprocessing": bundle.preprocessing_contract(SIZE, SIZE),
-        "backbone": {"name": "mobilenet_v2", "weights": "none (random, benchmark only)"},
+        "preprocessing": bundle.preprocessing_contract(size, size),
+        "backbone": {"name": "mobilenet_v2", "alpha": alpha, "weights": "none (random, benchmark only)"},
     }
     onnx.helper.set_model_props(proto, {bundle.METADATA_KEY: json.dumps(bundle.portable_manifest(manifest))})
     path = directory / bundle.EXPORTS_DIR / "model.onnx"
@@ -145,10 +146,10 @@ def closed_loop(server: Server, body: bytes, concurrency: int, total: int) -> tu
     return time.perf_counter() - start, np.array(latencies)
 
 
-def in_process(model: Path, body: bytes, count: int) -> np.ndarray:
+def in_process(model: Path, body: bytes, count: int, threads: int | None = None) -> np.ndarray:
     from graft.runtime.classifier import Classifier
 
-    clf = Classifier.load(model)
+    clf = Classifier.load(model, threads=threads)
     for _ in range(3):
         clf.predict(body, top_k=1)
     times = []
@@ -159,11 +160,11 @@ def in_process(model: Path, body: bytes, count: int) -> np.ndarray:
     return np.array(times)
 
 
-def batch_efficiency(model: Path, batch: int = 32) -> tuple[float, float]:
+def batch_efficiency(model: Path, batch: int = 32, threads: int | None = None) -> tuple[float, float]:
     """In-process ms per image at batch 1 and at ``batch``: the most batching can win on this CPU."""
     from graft.runtime.classifier import Classifier
 
-    clf = Classifier.load(model)
+    clf = Classifier.load(model, threads=threads)
     height, width = clf.input_size
     pixels = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
     per_image = []
@@ -182,18 +183,25 @@ def batch_efficiency(model: Path, batch: int = 32) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="A bundle or .onnx file (default: MobileNetV2).")
+    parser.add_argument("--mobilenet", default="224,1.0", help="Input size and width (alpha) of the "
+                        "MobileNetV2 built when no --model is given, e.g. 96,0.35.")
     parser.add_argument("--requests", type=int, default=256, help="Requests per run.")
     parser.add_argument("--repeats", type=int, default=3, help="Runs per point; medians are quoted.")
     parser.add_argument("--image-size", type=int, default=256, help="Side of the JPEG sent (pixels).")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for "
+                        "the servers and the in-process peer (default: ONNX Runtime's choice).")
     args = parser.parse_args()
     cache = Path(os.environ.get("GRAFT_CACHE", Path.home() / ".cache" / "graft"))
-    model = args.model or mobilenet_bundle(cache / "bench" / "mobilenet_v2")
+    size, alpha = args.mobilenet.split(",")
+    model = args.model or mobilenet_bundle(cache / "bench" / f"mobilenet_v2_{size}_{alpha}",
+                                           int(size), float(alpha))
     body = sample_jpeg(args.image_size)
-    one, many = batch_efficiency(model)
-    print(f"model: {model}\nin-process ms per image: batch 1 {one:.2f}, batch 32 {many:.2f} "
+    one, many = batch_efficiency(model, threads=args.threads)
+    print(f"model: {model}  threads: {args.threads or 'default'}\nin-process ms per image: batch 1 {one:.2f}, batch 32 {many:.2f} "
           f"(batching can win at most {one / many:.2f}x in compute)")
-    servers = {"batched": Server(model, 32, []), "unbatched": Server(model, 1, [])}
+    extra = ["--threads", str(args.threads)] if args.threads else []
+    servers = {"batched": Server(model, 32, extra), "unbatched": Server(model, 1, extra)}
     runs: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     peer: list[float] = []
     try:
@@ -207,7 +215,8 @@ def main() -> None:
                     runs.setdefault((label, concurrency), []).append(
                         (len(lat) / seconds, np.median(lat) * 1e3, np.percentile(lat, 99) * 1e3))
                 if concurrency == 1:
-                    peer.append(float(np.median(in_process(model, body, min(args.requests, 100)))) * 1e3)
+                    times = in_process(model, body, min(args.requests, 100), args.threads)
+                    peer.append(float(np.median(times)) * 1e3)
             for label in servers:
                 row = np.median(runs[(label, concurrency)], axis=0)
                 print(f"{label:9s} c={concurrency:<3d} {row[0]:8.1f} req/s  p50 {row[1]:8.2f} ms  "

@@ -218,6 +218,15 @@ def test_body_over_the_limit_is_413(client):
     assert message == "request body of 1048577 bytes exceeds the limit of 1048576 bytes"
 
 
+def test_streamed_body_over_the_limit_is_413(client):
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(20):
+            yield b"\0" * 65536
+
+    message = error_of(client.post("/v2/models/colors/infer", content=chunks()), 413)
+    assert message == "request body exceeds the limit of 1048576 bytes"
+
+
 def test_decompression_bomb_is_refused_before_decoding(client):
     bomb = png_header_only(100_000, 100_000)
     message = error_of(client.post("/v2/models/colors/classify", content=bomb), 413)

@@ -19,11 +19,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from graft import __version__
-from graft.errors import GraftError, ImageError, ImageTooLarge, UnsupportedImage
+from graft.errors import GraftError, ImageTooLarge, UnsupportedImage
 from graft.runtime.server import openapi
 from graft.runtime.server.batcher import Batcher
 from graft.runtime.server.config import ServerConfig
-from graft.runtime.server.errors import (BadRequest, DeadlineExceeded, PayloadTooLarge, ServerError,
+from graft.runtime.server.errors import (BadRequest, PayloadTooLarge, ServerError,
                                          Unavailable, UnsupportedMediaType)
 from graft.runtime.server.metrics import Metrics
 from graft.runtime.server.protocol import HEADER_LENGTH, parse_infer, infer_response

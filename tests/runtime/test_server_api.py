@@ -302,6 +302,7 @@ def test_metrics_count_successes_failures_and_durations(client):
                  "nv_inference_compute_infer_duration_us_total"):
         assert metrics[name + key] > 0, name
     assert "nv_inference_pending_request_count" + key in metrics
+    assert metrics["graft_http_requests_in_flight"] >= 1  # this very request
 
 
 def test_openapi_document_describes_the_routes(client):

@@ -171,6 +171,16 @@ def held_server(color_bundle):
     server.stop()
 
 
+def wait_queued(url: str, count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+            if line.startswith("nv_inference_pending_request_count{") and float(line.split()[-1]) >= count:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} requests were queued")
+
+
 def test_http_queue_full_is_503_and_deadline_is_504(held_server):
     server, gate = held_server
     url = server.url + "/v2/models/colors/classify"
@@ -184,7 +194,7 @@ def test_http_queue_full_is_503_and_deadline_is_504(held_server):
     assert gate.started.wait(10)
     queued = threading.Thread(target=post, args=("queued",))
     queued.start()
-    time.sleep(0.3)
+    wait_queued(server.url, 1)
     full = httpx.post(url, content=image_bytes("red"), timeout=30)
     assert full.status_code == 503 and "the queue is full (1 requests waiting)" in full.json()["error"]
     queued.join(10)

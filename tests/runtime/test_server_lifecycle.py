@@ -36,9 +36,10 @@ def test_sigterm_turns_ready_503_finishes_in_flight_requests_and_exits_0(color_b
         data = image_bytes(color)
 
         def chunks():
-            for i in range(0, len(data), len(data) // 8 + 1):
-                time.sleep(0.12)
-                yield data[i:i + len(data) // 8 + 1]
+            step = len(data) // 10 + 1
+            for i in range(0, len(data), step):  # about 2 s per upload
+                time.sleep(0.2)
+                yield data[i:i + step]
 
         try:
             response = httpx.post(url, content=chunks(), timeout=30)

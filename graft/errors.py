@@ -23,6 +23,10 @@ class ImageTooLarge(ImageError):
     """An image whose header promises more pixels than the configured limit."""
 
 
+class UnsupportedImage(ImageError):
+    """Bytes that are not an image format this runtime can decode."""
+
+
 class BackboneError(GraftError):
     """An unknown backbone, an unreadable source model or a bad cut layer."""
 

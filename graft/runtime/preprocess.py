@@ -16,7 +16,7 @@ from typing import Iterable, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from graft.errors import ImageError, ImageTooLarge
+from graft.errors import ImageError, ImageTooLarge, UnsupportedImage
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
@@ -64,7 +64,7 @@ def open_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         try:
             image = Image.open(stream)
         except UnidentifiedImageError:
-            raise ImageError(f"{describe(source)}: not a recognised image "
+            raise UnsupportedImage(f"{describe(source)}: not a recognised image "
                              "(JPEG, PNG, BMP, GIF, WebP, TIFF)") from None
         except OSError as exc:
             raise ImageError(f"{describe(source)}: cannot read image ({exc})") from None

@@ -1,0 +1,107 @@
+"""``graft serve``: the Open Inference Protocol over HTTP, with dynamic batching.
+
+``serve(path, config)`` loads a model file, a bundle or a repository of
+``name/version/`` bundles and answers on ``config.host:config.port`` until
+SIGTERM or SIGINT. On the signal, readiness turns 503, requests in flight (and
+any that still arrive) are answered, and once none is left (or after
+``config.drain_timeout_s``) the server stops and ``serve`` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+
+from graft.runtime.server.config import ServerConfig
+
+__all__ = ["ServerConfig", "serve", "create_app", "load_repository"]
+
+
+def create_app(repository, config: ServerConfig | None = None):
+    from graft.runtime.server.app import create_app as _create_app
+
+    return _create_app(repository, config)
+
+
+def load_repository(path, config: ServerConfig):
+    from graft.runtime.server.repository import load_repository as _load
+
+    return _load(path, device=config.device, threads=config.threads, max_pixels=config.max_pixels)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    from graft.runtime.server.errors import ServerError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP;
+    # without it, a response's headers and body meet Nagle's algorithm (40 ms stalls).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServerError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                          "pick another --port or --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(path, config: ServerConfig | None = None, echo=print) -> None:
+    """Load the models under ``path`` and serve them until SIGTERM/SIGINT."""
+    import uvicorn
+
+    config = config or ServerConfig()
+    repository = load_repository(path, config)
+    app, routes = create_app(repository, config)
+    sock = bind_socket(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    models = ", ".join(f"{e.name}:{e.version}" for e in repository.entries())
+    uv_config = uvicorn.Config(app, log_level=config.log_level, access_log=False,
+                               timeout_graceful_shutdown=config.drain_timeout_s, lifespan="on")
+    server = _draining_server_class()(uv_config, routes.state, config.drain_timeout_s)
+    echo(f"serving {models} on http://{host if ':' not in host else f'[{host}]'}:{port}")
+    sys.stdout.flush()
+    server.run(sockets=[sock])
+
+
+def _draining_server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """On the first SIGTERM/SIGINT: readiness 503, wait for in-flight requests, then stop.
+
+        uvicorn itself would stop at once and re-raise the signal (exit status 143);
+        a drained shutdown exits 0. A second signal stops at once.
+        """
+
+        def __init__(self, config, state, drain_timeout_s: float):
+            super().__init__(config)
+            self.state, self.drain_timeout_s = state, drain_timeout_s
+            self._loop = None
+            self._drain_task = None
+
+        async def serve(self, sockets=None):
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig, frame):
+            if self.state.draining or self._loop is None:
+                self.should_exit = self.force_exit = True
+                return
+            self.state.draining = True
+            self._loop.call_soon_threadsafe(self._start_drain)
+
+        def _start_drain(self):
+            self._drain_task = self._loop.create_task(self._drain())
+
+        async def _drain(self):
+            deadline = time.monotonic() + self.drain_timeout_s
+            while self.state.inflight > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            self.should_exit = True
+
+    return DrainingServer

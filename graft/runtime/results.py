@@ -379,18 +379,18 @@ def _pyarrow_parquet():
 
 
 def read_results(output: str | os.PathLike) -> list[Result]:
-    """Read a finished result file (any of the three formats) back into Results."""
+    """Read a result file (any of the three formats) back; a torn last record is left out."""
     fmt = output_format(output)
     if fmt == "parquet":
         rows = _pyarrow_parquet().read_table(output).to_pylist()
-    elif fmt == "jsonl":
-        with open(output, **_ENCODING) as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
     else:
-        with open(output, newline="", **_ENCODING) as fh:
+        data = Path(output).read_bytes()
+        text = data[:_complete_end(data, quoted=fmt == "csv")].decode(**_ENCODING)
+        if fmt == "jsonl":
+            rows = [json.loads(line) for line in text.splitlines()]
+        else:
             rows = [{"path": r["path"], "labels": [x for x in r["labels"].split("|") if x],
                      "scores": [float(x) for x in r["scores"].split("|") if x], "error": r["error"]}
-                    for r in csv.DictReader(fh)]
+                    for r in csv.DictReader(io.StringIO(text, newline=""))]
     return [Result(r["path"], tuple(r["labels"] or ()), tuple(r["scores"] or ()), r["error"] or "")
             for r in rows]
-

@@ -32,10 +32,9 @@ class BatchPredictor:
                  model_threads: int | None):
         from concurrent.futures import ThreadPoolExecutor
 
-        from graft.runtime.batch import default_threads
-        from graft.runtime.classifier import Classifier
+        from graft.runtime.batch import default_threads, load_classifier
 
-        self.clf = Classifier.load(model, device=device, threads=model_threads)
+        self.clf = load_classifier(model, device, model_threads)
         self.top_k = top_k
         self.pool = ThreadPoolExecutor(threads or default_threads())
 

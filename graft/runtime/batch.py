@@ -146,8 +146,7 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
             device: str = "auto", model_threads: int | None = None,
             resume: bool = False, overwrite: bool = False, chunk_rows: int | None = None,
             engine: str = "local", address: str | None = None, num_cpus: int | None = None,
-            actors: int | None = None, progress: bool = False,
-            on_chunk: Callable[[list[Result]], None] | None = None) -> JobSummary:
+            actors: int | None = None, progress: bool = False) -> JobSummary:
     """Classify every input once into ``output`` (.csv, .jsonl or .parquet).
 
     Rows are appended in complete, fsynced chunks of ``chunk_rows`` (default:
@@ -176,16 +175,19 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
         else:
             results = iter_predictions(clf, todo, top_k=top_k, batch_size=batch_size,
                                        threads=threads, expand=False)
-        for chunk in chunked(results, chunk_rows):
+        for chunk in chunked(_ticking(results, advance), chunk_rows):
             writer.write(chunk)
             bad = sum(1 for r in chunk if r.error)
             ok, failed = ok + len(chunk) - bad, failed + bad
-            advance(len(chunk))
-            if on_chunk:
-                on_chunk(chunk)
     return JobSummary(str(output), len(paths), len(paths) - len(todo), ok, failed,
                       sum(done.rows[p] for p in paths if p in done),
                       time.perf_counter() - started)
+
+
+def _ticking(results: Iterable[Result], advance: Callable[[int], None]) -> Iterator[Result]:
+    for result in results:
+        advance(1)
+        yield result
 
 
 class _progress:

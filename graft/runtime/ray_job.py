@@ -30,13 +30,11 @@ class BatchPredictor:
 
     def __init__(self, model: str, top_k: int, device: str, threads: int | None,
                  model_threads: int | None):
-        from concurrent.futures import ThreadPoolExecutor
-
-        from graft.runtime.batch import default_threads, load_classifier
+        from graft.runtime.batch import decode_pool, load_classifier
 
         self.clf = load_classifier(model, device, model_threads)
         self.top_k = top_k
-        self.pool = ThreadPoolExecutor(threads or default_threads())
+        self.pool = decode_pool(threads)
 
     def __call__(self, batch):
         import pyarrow as pa

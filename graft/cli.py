@@ -118,7 +118,8 @@ def export(bundle_dir, fmt, opset):
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
-              help="Threads decoding and resizing images (default: CPUs, at most 8).")
+              help="Threads decoding and resizing images, per Ray actor with --engine ray "
+              "(default: CPUs, at most 8).")
 @click.option("--model-threads", type=click.IntRange(1, 256), default=None,
               help="onnxruntime intra-op threads (default: onnxruntime's choice).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted job: keep the rows in "

@@ -179,26 +179,38 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
     clf = load_classifier(model, device, model_threads)  # fail before any output
     paths = expand_inputs(inputs)
     started = time.perf_counter()
-    writer, done = open_output(output, resume=resume, overwrite=overwrite)
-    todo = [p for p in paths if p not in done]
-    ok = failed = 0
-    with writer, _progress(len(todo), progress) as advance:
+    with contextlib.ExitStack() as stack:
+        if engine == "ray":  # join or start Ray before any output is touched
+            from graft.runtime.ray_job import ray_session
+
+            stack.enter_context(ray_session(address, num_cpus))
+        writer, done = open_output(output, resume=resume, overwrite=overwrite)
+        todo = [p for p in paths if p not in done]
         if engine == "ray":
             from graft.runtime.ray_job import iter_ray_predictions
 
             results = iter_ray_predictions(model, todo, top_k=top_k, batch_size=batch_size,
-                                           threads=threads, device=device, model_threads=model_threads,
-                                           address=address, num_cpus=num_cpus, actors=actors)
+                                           threads=threads, device=device,
+                                           model_threads=model_threads, actors=actors)
         else:
             results = iter_predictions(clf, todo, top_k=top_k, batch_size=batch_size,
                                        threads=threads, expand=False)
+        ok, failed = _write_all(writer, results, len(todo), chunk_rows, progress)
+    return JobSummary(str(output), len(paths), len(paths) - len(todo), ok, failed,
+                      sum(done.rows[p] for p in paths if p in done),
+                      time.perf_counter() - started)
+
+
+def _write_all(writer, results: Iterable[Result], total: int, chunk_rows: int,
+               progress: bool) -> tuple[int, int]:
+    """Write ``results`` in durable chunks under a progress bar; return (ok, failed)."""
+    ok = failed = 0
+    with writer, _progress(total, progress) as advance:
         for chunk in chunked(_ticking(results, advance), chunk_rows):
             writer.write(chunk)
             bad = sum(1 for r in chunk if r.error)
             ok, failed = ok + len(chunk) - bad, failed + bad
-    return JobSummary(str(output), len(paths), len(paths) - len(todo), ok, failed,
-                      sum(done.rows[p] for p in paths if p in done),
-                      time.perf_counter() - started)
+    return ok, failed
 
 
 def _ticking(results: Iterable[Result], advance: Callable[[int], None]) -> Iterator[Result]:

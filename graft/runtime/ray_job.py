@@ -14,6 +14,7 @@ Ray is an optional extra (``graft[ray]``); nothing here is imported unless
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Iterator, Sequence
 
@@ -62,11 +63,9 @@ def iter_ray_predictions(model: str | os.PathLike, paths: Sequence[str], *, top_
                          model_threads: int | None = None, address: str | None = None,
                          num_cpus: int | None = None, actors: int | None = None) -> Iterator[Result]:
     """Yield one Result per path, in order, computed on Ray Data."""
-    ray = _import_ray()
     if not paths:
         return
-    started_here = _connect(ray, address, num_cpus)
-    try:
+    with ray_session(address, num_cpus) as ray:
         import ray.data
 
         context = ray.data.DataContext.get_current()
@@ -82,6 +81,15 @@ def iter_ray_predictions(model: str | os.PathLike, paths: Sequence[str], *, top_
         for table in predicted.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
             for row in table.to_pylist():
                 yield Result(row["path"], tuple(row["labels"]), tuple(row["scores"]), row["error"])
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None):
+    """Join ``address``, reuse a running Ray, or start a local one (stopped on exit)."""
+    ray = _import_ray()
+    started_here = _connect(ray, address, num_cpus)
+    try:
+        yield ray
     finally:
         if started_here:
             ray.shutdown()

@@ -229,20 +229,23 @@ class _progress:
         if not self.enabled:
             return lambda n: None
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                            TextColumn("left"), TimeRemainingColumn(),
+                            TextColumn("left {task.fields[left]}"),
                             console=Console(stderr=True), transient=False)
         self.bar.start()
-        task = self.bar.add_task("predict", total=self.total, rate="")
+        task = self.bar.add_task("predict", total=self.total, rate="- img/s", left="-:--:--")
 
         def advance(n: int) -> None:
             self.bar.advance(task, n)
-            speed = self.bar.tasks[0].speed
-            self.bar.update(task, rate=f"{speed:,.1f} img/s" if speed else "")
+            done, elapsed = self.bar.tasks[0].completed, self.bar.tasks[0].elapsed or 0.0
+            if done and elapsed > 0:  # the average since the start: steady, unlike a burst
+                rate = done / elapsed
+                left = int((self.total - done) / rate)
+                self.bar.update(task, rate=f"{rate:,.1f} img/s",
+                                left=f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")
         return advance
 
     def __exit__(self, *exc) -> None:

@@ -248,3 +248,11 @@ def test_jsonl_rows_are_plain_json(color_onnx, mixed, tmp_path):
     run_job(color_onnx, [mixed[0]], out, top_k=1)
     for line in out.read_text().splitlines():
         assert set(json.loads(line)) == {"path", "labels", "scores", "error"}
+
+
+def test_cli_progress_bar_shows_rate_and_time_left(color_onnx, mixed, tmp_path):
+    result = CliRunner().invoke(cli, ["predict", str(color_onnx), str(mixed[0]), "-o",
+                                      str(tmp_path / "out.csv"), "--progress"])
+    assert result.exit_code == 0, result.output
+    bar = next(line for line in result.output.splitlines() if line.startswith("predict"))
+    assert "12/12" in bar and "img/s" in bar and "left 0:00:00" in bar

@@ -26,7 +26,6 @@ import glob
 import io
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -135,10 +134,6 @@ class Done:
     def __len__(self) -> int:
         return len(self.rows)
 
-    @property
-    def failed(self) -> int:
-        return sum(self.rows.values())
-
 
 def output_format(output: str | os.PathLike) -> str:
     suffix = Path(output).suffix.lower()
@@ -157,20 +152,8 @@ def open_output(output: str | os.PathLike, resume: bool = False,
     if exists and not (resume or overwrite):
         raise OutputError(f"{output}: already exists; pass --resume to finish that job "
                           "or --overwrite to replace it")
-    if exists and overwrite and not resume:
-        _remove(path)
     writer_class = ParquetWriter if fmt == "parquet" else TextWriter
-    return writer_class.open(path, fmt)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        if any(p.suffix not in (".parquet", ".tmp") for p in path.iterdir()):
-            raise OutputError(f"{path}: a directory that holds more than Parquet parts; "
-                              "refusing to delete it, choose another output")
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+    return writer_class.open(path, fmt, clear=overwrite and not resume)  # cleared once locked
 
 
 class ResultWriter:
@@ -208,13 +191,15 @@ class TextWriter(ResultWriter):
         self.path, self.fmt, self.fd = path, fmt, fd
 
     @classmethod
-    def open(cls, path: Path, fmt: str) -> tuple["TextWriter", Done]:
+    def open(cls, path: Path, fmt: str, clear: bool = False) -> tuple["TextWriter", Done]:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and not path.is_file():
             raise OutputError(f"{path}: not a regular file; choose another output")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         _lock(fd, path)
         try:
+            if clear:
+                os.ftruncate(fd, 0)
             writer = cls(path, fmt, fd)
             done = writer._recover()
         except BaseException:
@@ -321,7 +306,7 @@ class ParquetWriter(ResultWriter):
         self.directory, self.fd, self.next_part = directory, fd, next_part
 
     @classmethod
-    def open(cls, directory: Path, fmt: str) -> tuple["ParquetWriter", Done]:
+    def open(cls, directory: Path, fmt: str, clear: bool = False) -> tuple["ParquetWriter", Done]:
         pq = _pyarrow_parquet()
         if directory.exists() and not directory.is_dir():
             raise OutputError(f"{directory}: Parquet output is a directory of part files, "
@@ -329,6 +314,8 @@ class ParquetWriter(ResultWriter):
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory, os.O_RDONLY)
         _lock(fd, directory)
+        if clear:
+            _clear_parts(directory, fd)
         done, next_part = Done(), 0
         for leftover in directory.glob(".*.tmp"):
             leftover.unlink()
@@ -369,6 +356,17 @@ class ParquetWriter(ResultWriter):
             self.fd = -1
 
 
+def _clear_parts(directory: Path, fd: int) -> None:
+    """Delete the parts (and temporary parts) of an output that is to be overwritten."""
+    others = [p.name for p in directory.iterdir() if p.suffix not in (".parquet", ".tmp")]
+    if others:
+        os.close(fd)
+        raise OutputError(f"{directory}: holds more than Parquet parts ({others[0]}, ...); "
+                          "refusing to overwrite it, choose another output")
+    for part in directory.iterdir():
+        part.unlink()
+
+
 def _pyarrow_parquet():
     try:
         import pyarrow.parquet as pq
@@ -382,7 +380,9 @@ def read_results(output: str | os.PathLike) -> list[Result]:
     """Read a result file (any of the three formats) back; a torn last record is left out."""
     fmt = output_format(output)
     if fmt == "parquet":
-        rows = _pyarrow_parquet().read_table(output).to_pylist()
+        pq = _pyarrow_parquet()
+        rows = [row for part in sorted(Path(output).glob("part-*.parquet"))
+                for row in pq.read_table(part).to_pylist()]
     else:
         data = Path(output).read_bytes()
         text = data[:_complete_end(data, quoted=fmt == "csv")].decode(**_ENCODING)

@@ -256,3 +256,16 @@ def test_cli_progress_bar_shows_rate_and_time_left(color_onnx, mixed, tmp_path):
     assert result.exit_code == 0, result.output
     bar = next(line for line in result.output.splitlines() if line.startswith("predict"))
     assert "12/12" in bar and "img/s" in bar and "left 0:00:00" in bar
+
+
+def test_overwrite_parquet_replaces_parts_but_never_foreign_files(color_onnx, mixed, tmp_path):
+    folder, good, bad = mixed
+    out = tmp_path / "out.parquet"
+    run_job(color_onnx, [folder], out, chunk_rows=2)
+    assert len(list(out.glob("part-*.parquet"))) == 6
+    run_job(color_onnx, list(good)[:3], out, overwrite=True)
+    assert [r.path for r in read_results(out)] == list(good)[:3]
+    (out / "notes.txt").write_text("someone else's file")
+    with pytest.raises(OutputError, match="holds more than Parquet parts"):
+        run_job(color_onnx, [folder], out, overwrite=True)
+    assert (out / "notes.txt").exists() and len(read_results(out)) == 3

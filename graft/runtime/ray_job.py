@@ -110,6 +110,7 @@ def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
     options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     try:
         if address:
+            _check_reachable(address)
             ray.init(address=address, **options)
         else:
             ray.init(num_cpus=num_cpus, **options)
@@ -118,6 +119,20 @@ def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
         raise RayError(f"cannot start or join {where} ({str(exc).splitlines()[0][:200]}); "
                        "check --address, or leave it out to start a local Ray") from None
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not after Ray's minutes of retries, when HOST:PORT does not answer."""
+    import socket
+
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and the like: Ray resolves them
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise RayError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); "
+                       "check --address, or leave it out to start a local Ray") from None
 
 
 def _default_actors(ray) -> int:

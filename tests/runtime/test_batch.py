@@ -269,3 +269,13 @@ def test_overwrite_parquet_replaces_parts_but_never_foreign_files(color_onnx, mi
     with pytest.raises(OutputError, match="holds more than Parquet parts"):
         run_job(color_onnx, [folder], out, overwrite=True)
     assert (out / "notes.txt").exists() and len(read_results(out)) == 3
+
+
+def test_unreachable_ray_address_is_a_one_line_error(color_onnx, mixed, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(cli, ["predict", str(color_onnx), str(mixed[0]), "-o", str(out),
+                                      "--engine", "ray", "--address", "127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: cannot reach a Ray cluster at 127.0.0.1:1")
+    assert not out.exists()

@@ -119,31 +119,70 @@ def export(bundle_dir, fmt, opset, data_root):
 @click.argument("model", type=click.Path(path_type=str))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str), default=None,
-              help="Write results to a .csv or .jsonl file instead of the terminal.")
+              help="Result file: .csv, .jsonl or .parquet (a directory of parts). "
+              "Without it, results go to the terminal.")
 @click.option("--top-k", type=click.IntRange(1, 1000), default=3, show_default=True)
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
-def predict(model, inputs, output, top_k, device):
-    """Classify images with an exported MODEL (a bundle or a .onnx file)."""
-    from graft.runtime.classifier import Classifier
-    from graft.runtime.results import expand_inputs, write_results
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Threads decoding and resizing images, per Ray actor with --engine ray "
+              "(default: CPUs, at most 8).")
+@click.option("--model-threads", type=click.IntRange(1, 256), default=None,
+              help="onnxruntime intra-op threads (default: onnxruntime's choice).")
+@click.option("--resume", is_flag=True, help="Finish an interrupted job: keep the rows in "
+              "OUTPUT, cut a torn last record, classify only the rest.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--strict", is_flag=True, help="Exit 1 when any image failed.")
+@click.option("--chunk-rows", type=click.IntRange(1, 10_000_000), default=None,
+              help="Rows per durable write (default: one batch; 16 batches for Parquet).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", default=None, help="Ray cluster to join (default: start a local Ray).")
+@click.option("--num-cpus", type=click.IntRange(1, 4096), default=None,
+              help="CPUs of the local Ray started when no --address is given.")
+@click.option("--actors", type=click.IntRange(1, 4096), default=None,
+              help="Ray model replicas (default: one per two CPUs of the cluster).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")
+def predict(model, inputs, output, top_k, device, batch_size, threads, model_threads, resume,
+            overwrite, strict, chunk_rows, engine, address, num_cpus, actors, progress):
+    """Classify images with an exported MODEL (a bundle or a .onnx file).
 
-    clf = Classifier.load(model, device=device)
-    paths = expand_inputs(inputs)
-    rows = []
-    for path in paths:
-        try:
-            rows.append({"path": str(path), "predictions": clf.predict(path, top_k=top_k), "error": ""})
-        except GraftError as exc:
-            rows.append({"path": str(path), "predictions": [], "error": str(exc)})
-    if output:
-        write_results(rows, output)
-        click.echo(f"wrote {len(rows)} rows to {output}")
+    INPUTS are image files, directories (recursive), globs, or .txt/.csv files
+    listing paths. Unreadable images become rows with an error.
+    """
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if output is None:
+        if resume or overwrite or engine != "local":
+            raise GraftError("--resume, --overwrite and --engine ray need an output file (-o OUT)")
+        failed = _predict_to_terminal(model, inputs, top_k, device, batch_size, threads, model_threads)
     else:
-        for row in rows:
-            text = row["error"] or "  ".join(f"{p.label} {p.score:.4f}" for p in row["predictions"])
-            click.echo(f"{row['path']}\t{text}")
-    failed = sum(1 for row in rows if row["error"])
-    click.echo(f"{len(rows) - failed} ok, {failed} failed (device: {clf.device})", err=True)
+        from graft.runtime.batch import run_job
+
+        summary = run_job(model, inputs, output, top_k=top_k, batch_size=batch_size, threads=threads,
+                          device=device, model_threads=model_threads, resume=resume,
+                          overwrite=overwrite, chunk_rows=chunk_rows, engine=engine,
+                          address=address, num_cpus=num_cpus, actors=actors, progress=progress)
+        failed = summary.failed + summary.failed_before
+        click.echo(f"{summary.ok} ok, {summary.failed} failed, {summary.resumed} already done "
+                   f"({summary.failed_before} failed); {summary.total} inputs in {output}; "
+                   f"{summary.rate:.1f} images/s", err=True)
+    if strict and failed:
+        sys.exit(1)
+
+
+def _predict_to_terminal(model, inputs, top_k, device, batch_size, threads, model_threads) -> int:
+    from graft.runtime.batch import iter_predictions
+
+    ok = failed = 0
+    for result in iter_predictions(model, inputs, top_k=top_k, batch_size=batch_size,
+                                   threads=threads, device=device, model_threads=model_threads):
+        text = result.error or "  ".join(f"{label} {score:.4f}"
+                                         for label, score in zip(result.labels, result.scores))
+        click.echo(f"{result.path}\t{text}")
+        ok, failed = ok + result.ok, failed + (not result.ok)
+    click.echo(f"{ok} ok, {failed} failed", err=True)
+    return failed
 
 
 # ------------------------------------------------------------------------- inspect

@@ -64,8 +64,12 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-             artifact: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Classifier":
-        """Load a bundle (``artifact`` picks the export, e.g. 'onnx' or 'tflite:int8') or a file."""
+             artifact: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+             engine_options: dict | None = None) -> "Classifier":
+        """Load a bundle (``artifact`` picks the export, e.g. 'onnx' or 'tflite:int8') or a file.
+
+        ``engine_options`` go to the engine, e.g. ``{"session_config": {...}}`` for ONNX Runtime.
+        """
         model_file, manifest, expected_sha = resolve_model_file(path, artifact)
         data = model_file.read_bytes() if model_file.is_file() else None
         if data is None:
@@ -76,7 +80,8 @@ class Classifier:
                 raise IntegrityError(f"{model_file}: sha256 {actual[:12]}... does not match the "
                                      f"{expected_sha[:12]}... recorded in graft.json; the file was "
                                      "changed or damaged, re-run `graft export`")
-        engine = open_engine(model_file, device=device, threads=threads, model_bytes=data)
+        engine = open_engine(model_file, device=device, threads=threads, model_bytes=data,
+                             **(engine_options or {}))
         manifest = manifest or engine.manifest
         if manifest is None:
             raise BundleError(f"{model_file}: the file carries no graft manifest (labels, "

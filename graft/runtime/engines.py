@@ -67,7 +67,7 @@ class OnnxEngine(Engine):
     format = "onnx"
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 model_bytes: bytes | None = None):
+                 model_bytes: bytes | None = None, session_config: dict[str, str] | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -76,6 +76,8 @@ class OnnxEngine(Engine):
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = int(threads)
+        for key, value in (session_config or {}).items():  # e.g. session.intra_op.allow_spinning
+            options.add_session_config_entry(key, str(value))
         data = model_bytes if model_bytes is not None else _read(self.path)
         try:
             self.session = ort.InferenceSession(data, sess_options=options, providers=requested)
@@ -114,8 +116,9 @@ ENGINES: dict[str, Callable[..., Engine]] = {".onnx": OnnxEngine}
 
 
 def open_engine(path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                model_bytes: bytes | None = None) -> Engine:
-    """Open ``path`` with the engine registered for its suffix."""
+                model_bytes: bytes | None = None, **engine_options) -> Engine:
+    """Open ``path`` with the engine registered for its suffix (``engine_options``: that
+    engine's own keyword arguments, e.g. ``session_config`` for ONNX Runtime)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".tflite" and suffix not in ENGINES:
         try:
@@ -126,7 +129,8 @@ def open_engine(path: str | os.PathLike, device: str = "auto", threads: int | No
     if suffix not in ENGINES:
         raise BundleError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; "
                           f"allowed: {', '.join(sorted(ENGINES))} or a bundle directory")
-    return ENGINES[suffix](path, device=device, threads=threads, model_bytes=model_bytes)
+    return ENGINES[suffix](path, device=device, threads=threads, model_bytes=model_bytes,
+                           **engine_options)
 
 
 def manifest_json(manifest: dict) -> str:

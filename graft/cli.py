@@ -97,21 +97,73 @@ def _print_build_summary(out: str, manifest: dict) -> None:
 
 
 # -------------------------------------------------------------------------- export
+FORMAT_CHOICE = click.Choice(["onnx", "tflite", "all"])
+QUANTIZE_CHOICE = click.Choice(["none", "fp16", "dynamic", "int8", "all"])
+
+
+def _budget_options(command):
+    """Budget flags shared by `graft export` and `graft verify` (percent / points)."""
+    flags = [
+        click.option("--f32-min-agreement", type=click.FloatRange(0, 100), default=None,
+                     help="float32: minimum top-1 agreement with Keras, % [100]."),
+        click.option("--f32-max-diff", type=click.FloatRange(0), default=None,
+                     help="float32: maximum |dprob| vs Keras [1e-4]."),
+        click.option("--f16-min-agreement", type=click.FloatRange(0, 100), default=None,
+                     help="float16: minimum top-1 agreement, % [99.5]."),
+        click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=None,
+                     help="int8 and dynamic: minimum top-1 agreement, % [98]."),
+        click.option("--int8-max-drop", type=click.FloatRange(0, 100), default=None,
+                     help="int8 and dynamic: maximum top-1 accuracy drop, points [1.0]."),
+    ]
+    for flag in reversed(flags):
+        command = flag(command)
+    return command
+
+
+def _budgets(f32_min_agreement, f32_max_diff, f16_min_agreement, int8_min_agreement, int8_max_drop) -> dict:
+    pairs = {("float32", "min_agreement"): f32_min_agreement, ("float32", "max_abs_diff"): f32_max_diff,
+             ("float16", "min_agreement"): f16_min_agreement,
+             ("int8", "min_agreement"): int8_min_agreement, ("int8", "max_accuracy_drop"): int8_max_drop}
+    budgets: dict = {}
+    for (family, key), value in pairs.items():
+        if value is not None:
+            budgets.setdefault(family, {})[key] = value if key == "max_abs_diff" else value / 100
+    return budgets
+
+
 @cli.command()
 @click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=str))
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default="onnx", show_default=True)
+@click.option("--quantize", type=QUANTIZE_CHOICE, default="none", show_default=True,
+              help="none (float32), fp16, dynamic (int8 weights), int8 (static, calibrated) or all.")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
+@click.option("--calibration-size", type=click.IntRange(1, 100000), default=200, show_default=True,
+              help="int8: calibration images, drawn class-balanced from the training split.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True, help="ONNX int8 activation calibration.")
+@click.option("--io-dtype", type=click.Choice(["float32", "int8", "uint8"]), default="float32",
+              show_default=True, help="TFLite int8: dtype of the model's input and output.")
+@click.option("--exclude-nodes", default="", help="int8: comma-separated nodes to keep in float "
+              "(ONNX node names, TFLite tensor names; prefix onnx: or tflite: to target one format).")
+@click.option("--auto-exclude", is_flag=True, help="int8: when the budget breaks, keep the worst "
+              "layers in float until it holds, and report what that cost.")
+@click.option("--no-verify", is_flag=True, help="Skip the check against Keras on the test split.")
 @click.option("--data", "data_root", type=click.Path(path_type=str), default=None,
-              help="The dataset's root, if it moved since `graft build` (for the parity check).")
-def export(bundle_dir, fmt, opset, data_root):
-    """Export a bundle's model and check it agrees with the Keras model."""
-    from graft.exporters.onnx import export_onnx
+              help="The dataset's root, if it moved since `graft build` (for the checks).")
+@_budget_options
+def export(bundle_dir, fmt, quantize, opset, calibration_size, calibration_method, io_dtype,
+           exclude_nodes, auto_exclude, no_verify, data_root, **budget_flags):
+    """Export a bundle's model to ONNX / TFLite at each precision and check each against Keras."""
+    from graft.exporters import registry
+    from graft.exporters.export import export_bundle
+    from graft.exporters.quantize import ExportOptions
 
-    row = export_onnx(bundle_dir, opset=opset, data_root=data_root)
-    parity = row["parity"]
-    click.echo(f"wrote {bundle_dir}/{row['path']} ({row['size_bytes'] / 1e6:.2f} MB)  "
-               f"agreement {parity['top1_agreement']:.2%}  max|dprob| {parity['max_abs_diff']:.2e} "
-               f"on {parity['images']} test images")
+    options = ExportOptions(opset=opset, calibration_size=calibration_size,
+                            calibration_method=calibration_method, io_dtype=io_dtype,
+                            exclude_nodes=[n.strip() for n in exclude_nodes.split(",") if n.strip()],
+                            auto_exclude=auto_exclude, data_root=data_root)
+    export_bundle(bundle_dir, registry.select(fmt, quantize), options, verify_exports=not no_verify,
+                  budgets=_budgets(**budget_flags), echo=click.echo)
 
 
 # ------------------------------------------------------------------------- predict

@@ -1,0 +1,121 @@
+"""The LiteRT engine: runs .tflite files with ai-edge-litert, never TensorFlow.
+
+Quantized inputs and outputs are scaled with each tensor's scale and
+zero-point, so callers pass pixels (uint8 or float32, 0..255) and get float32
+probabilities whatever the model's I/O dtype. A LiteRT interpreter is not
+thread-safe: each thread gets its own, made on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from graft.bundle import METADATA_KEY, parse_manifest
+from graft.errors import BundleError, DeviceError
+from graft.runtime.engines import ENGINES, Engine, _read
+
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402  (ImportError: graft[litert] missing)
+
+DEVICES = ("auto", "cpu")
+
+
+class LiteRTEngine(Engine):
+    format = "tflite"
+    device = "cpu"
+    providers = ["LiteRT CPU (XNNPACK)"]
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                 model_bytes: bytes | None = None):
+        if device not in DEVICES:
+            raise DeviceError(f"device {device!r} is not available for .tflite models; "
+                              f"allowed: {', '.join(DEVICES)} (LiteRT runs on the CPU here)")
+        self.path = Path(path)
+        self.threads = int(threads) if threads else None
+        self.data = model_bytes if model_bytes is not None else _read(self.path)
+        self._local = threading.local()
+        interpreter = self._interpreter()  # validates the file before anything else
+        self.input = interpreter.get_input_details()[0]
+        self.output = interpreter.get_output_details()[0]
+        signature = tuple(int(d) for d in self.input["shape_signature"])
+        self.input_shape = tuple(None if d < 0 else d for d in signature)
+        self.input_dtype = np.dtype(self.input["dtype"])
+        self.manifest = read_manifest(self.data, str(self.path))
+
+    def _interpreter(self) -> Interpreter:
+        state = self._local
+        if getattr(state, "interpreter", None) is None:
+            try:
+                state.interpreter = Interpreter(model_content=self.data, num_threads=self.threads)
+                state.interpreter.allocate_tensors()
+            except (ValueError, RuntimeError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise BundleError(f"{self.path}: not a loadable TFLite model ({first[:200]})") from None
+            state.batch = int(state.interpreter.get_input_details()[0]["shape"][0])
+        return state.interpreter
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        interpreter = self._interpreter()
+        pixels = np.asarray(pixels)
+        index = self.input["index"]
+        if len(pixels) != self._local.batch:
+            interpreter.resize_tensor_input(index, [len(pixels), *pixels.shape[1:]], strict=True)
+            interpreter.allocate_tensors()
+            self._local.batch = len(pixels)
+        interpreter.set_tensor(index, quantize(pixels, self.input))
+        interpreter.invoke()
+        return dequantize(interpreter.get_tensor(self.output["index"]), self.output)
+
+
+def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    """float values -> the tensor's dtype, with its scale and zero-point when it is quantized."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return np.ascontiguousarray(values, dtype=dtype)
+    scale, zero_point = detail["quantization"]
+    scaled = values.astype(np.float32)
+    if scale:
+        scaled = np.rint(scaled / scale) + zero_point
+    info = np.iinfo(dtype)
+    return np.ascontiguousarray(np.clip(scaled, info.min, info.max).astype(dtype))
+
+
+def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    """The tensor's values as float32, undoing its scale and zero-point."""
+    if np.dtype(values.dtype).kind == "f":
+        return np.asarray(values, dtype=np.float32)
+    scale, zero_point = detail["quantization"]
+    values = values.astype(np.float32)
+    return (values - zero_point) * scale if scale else values
+
+
+def read_manifest(data: bytes, source: str) -> dict | None:
+    """The graft manifest from a TFLite flatbuffer's metadata table, or None if it has none."""
+    payload = read_metadata(data, METADATA_KEY, source)
+    return None if payload is None else parse_manifest(payload, source)
+
+
+def read_metadata(data: bytes, name: str, source: str = "model") -> bytes | None:
+    """A named metadata buffer of a TFLite flatbuffer (flatbuffers only, no TensorFlow)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    try:
+        model = schema.Model.GetRootAs(data, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if (entry.Name() or b"").decode() != name:
+                continue
+            buffer = model.Buffers(entry.Buffer())
+            if buffer.Offset() > 1:  # large models keep buffers after the flatbuffer
+                return bytes(data[buffer.Offset():buffer.Offset() + buffer.Size()])
+            return buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+    except Exception as exc:  # a damaged flatbuffer raises struct/index errors
+        raise BundleError(f"{source}: the TFLite metadata cannot be read ({type(exc).__name__}); "
+                          "the file is damaged, re-run `graft export`") from None
+    return None
+
+
+ENGINES[".tflite"] = LiteRTEngine

@@ -166,6 +166,38 @@ def export(bundle_dir, fmt, quantize, opset, calibration_size, calibration_metho
                   budgets=_budgets(**budget_flags), echo=click.echo)
 
 
+# -------------------------------------------------------------------------- verify
+@cli.command()
+@click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=str))
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Threads per engine (default: all CPU cores).")
+@click.option("--no-speed", is_flag=True, help="Skip the latency and throughput measurements.")
+@click.option("--data", "data_root", type=click.Path(path_type=str), default=None,
+              help="The dataset's root, if it moved since `graft build`.")
+@_budget_options
+def verify(bundle_dir, threads, no_speed, data_root, **budget_flags):
+    """Run every exported file on the test split; print one table; exit 1 if a budget breaks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from graft.errors import CheckFailed
+    from graft.exporters.verify import COLUMNS, REPORT_JSON, REPORT_MD, table_cells, verify_bundle
+
+    report = verify_bundle(bundle_dir, _budgets(**budget_flags), data_root, threads, not no_speed)
+    table = Table(title=f"{report['bundle']}: {report['images']} {report['split']} images, Keras "
+                        f"accuracy {report['keras_accuracy']:.2%}, {report['threads']} threads")
+    for i, column in enumerate(COLUMNS):
+        table.add_column(column, justify="left" if i < 2 or i == len(COLUMNS) - 1 else "right")
+    for row in report["rows"]:
+        table.add_row(*table_cells(row))
+    Console(width=200).print(table)
+    click.echo(f"wrote {bundle_dir}/{REPORT_JSON} and {bundle_dir}/{REPORT_MD}")
+    failed = [row for row in report["rows"] if not row["passed"]]
+    if failed:
+        raise CheckFailed(f"{len(failed)} of {len(report['rows'])} exports break their budget: "
+                          + "; ".join(f"{r['path']} ({', '.join(r['breaches'])})" for r in failed))
+
+
 # ------------------------------------------------------------------------- predict
 @cli.command()
 @click.argument("model", type=click.Path(path_type=str))

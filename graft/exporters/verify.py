@@ -135,3 +135,128 @@ def run_batched(engine, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
     fixed = engine.input_shape[0] if engine.input_shape else None
     step = fixed or batch
     return np.concatenate([engine.run(pixels[i:i + step]) for i in range(0, len(pixels), step)])
+
+
+# ------------------------------------------------------------------------ graft verify
+REPORT_JSON = "verify.json"
+REPORT_MD = "verify.md"
+COLUMNS = ("format", "precision", "size (MB)", "top-1 acc", "Δ acc vs Keras", "agreement",
+           "max |Δprob|", "p50 batch-1 (ms)", "batch-32 (img/s)", "status")
+
+
+def measure_speed(engine, pixels: np.ndarray, seconds: float = 1.5, batch: int = 32) -> dict:
+    """Median batch-1 latency and batch-32 throughput of an engine (after warm-up runs)."""
+    import time
+
+    one = pixels[:1]
+    many = np.resize(pixels, (batch, *pixels.shape[1:])).astype(pixels.dtype)
+    fixed = engine.input_shape[0] if engine.input_shape else None
+
+    def timed(fn, limit):
+        for _ in range(2):
+            fn()
+        times, start = [], time.perf_counter()
+        while len(times) < 5 or (time.perf_counter() - start < seconds and len(times) < limit):
+            begin = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - begin)
+        return float(np.median(times))
+
+    latency = timed(lambda: engine.run(one), 200)
+    whole = timed(lambda: run_batched(engine, many, fixed or batch), 50)
+    return {"p50_ms_batch1": latency * 1e3, "throughput_batch32": batch / whole,
+            "threads": getattr(engine, "threads", None)}
+
+
+def verify_bundle(bundle_dir: str | Path, budgets: dict | None = None, data_root: str | None = None,
+                  threads: int | None = None, speed: bool = True) -> dict:
+    """Run every export of a bundle on its test split; write verify.json/.md; return the report.
+
+    Also stores each file's verification (and status) in its graft.json row. The
+    caller decides what a breach means (the CLI exits 1).
+    """
+    import os
+
+    from graft.exporters.registry import TARGETS, target_of
+
+    bundle_dir = Path(bundle_dir)
+    manifest = bundle.read_manifest(bundle_dir)
+    exports = manifest.get("exports", [])
+    if not exports:
+        raise ExportError(f"{bundle_dir}: nothing to verify (no exports); run `graft export {bundle_dir}`")
+    threads = threads or os.cpu_count()
+    pixels, y, split = load_split(bundle_dir, "test", data_root)
+    reference = keras_probs(bundle_dir, pixels)
+    order = {key: i for i, key in enumerate(TARGETS)}
+    exports = sorted(exports, key=lambda r: order.get((r.get("format"), r.get("precision")), len(order)))
+    rows = [verify_row(bundle_dir, row, target_of(row).budget, pixels, y, reference, split,
+                       budget_for(target_of(row).budget, budgets), threads, speed) for row in exports]
+    report = {"bundle": manifest.get("name", bundle_dir.name), "split": split, "images": int(len(y)),
+              "keras_accuracy": accuracy(reference, y), "threads": threads, "rows": rows,
+              "passed": all(r["passed"] for r in rows)}
+    bundle.atomic_write_bytes(bundle_dir / REPORT_JSON, (json.dumps(report, indent=2) + "\n").encode())
+    bundle.atomic_write_bytes(bundle_dir / REPORT_MD, markdown(report).encode())
+    _record(bundle_dir, rows)
+    return report
+
+
+def verify_row(bundle_dir: Path, row: dict, family: str, pixels, y, reference, split: str,
+               budget: dict, threads: int, speed: bool) -> dict:
+    from graft.runtime.engines import open_engine
+
+    path = bundle_dir / row["path"]
+    base = {"path": row["path"], "format": row["format"], "precision": row["precision"],
+            "budget_family": family, "size_bytes": path.stat().st_size if path.is_file() else 0}
+    if not path.is_file():
+        return {**base, "passed": False, "breaches": ["file missing"], "budget": budget}
+    if bundle.sha256_file(path) != row.get("sha256"):
+        return {**base, "passed": False, "budget": budget,
+                "breaches": ["sha256 differs from graft.json (file changed or damaged)"]}
+    result = check_file(path, pixels, y, reference, split, budget, threads)
+    out = {**base, **{k: result[k] for k in ("accuracy", "keras_accuracy", "accuracy_drop",
+                                             "top1_agreement", "max_abs_diff", "images",
+                                             "passed", "breaches", "budget")}}
+    if speed:
+        out.update(measure_speed(open_engine(path, device="cpu", threads=threads), pixels))
+    return out
+
+
+def _record(bundle_dir: Path, rows: list[dict]) -> None:
+    manifest = bundle.read_manifest(bundle_dir)
+    by_path = {r["path"]: r for r in rows}
+    for row in manifest.get("exports", []):
+        found = by_path.get(row["path"])
+        if found is None or "accuracy" not in found:
+            continue
+        row["verification"] = {k: found[k] for k in ("accuracy", "accuracy_drop", "top1_agreement",
+                                                     "max_abs_diff", "images", "passed", "breaches")}
+        if "p50_ms_batch1" in found:
+            row["speed"] = {k: found[k] for k in ("p50_ms_batch1", "throughput_batch32", "threads")}
+        row["status"] = "ok" if found["passed"] else "flagged"
+        if found["passed"]:
+            row.pop("flagged", None)
+        else:
+            row["flagged"] = "breaks its budget: " + ", ".join(found["breaches"])
+    bundle.write_manifest(bundle_dir, manifest)
+
+
+def table_cells(row: dict) -> list[str]:
+    if "accuracy" not in row:
+        return [row["format"], row["precision"], f"{row['size_bytes'] / 1e6:.3f}", "-", "-", "-",
+                "-", "-", "-", "FAIL: " + "; ".join(row["breaches"])]
+    speed = ("p50_ms_batch1" in row)
+    return [row["format"], row["precision"], f"{row['size_bytes'] / 1e6:.3f}",
+            f"{row['accuracy']:.2%}", f"{(-row['accuracy_drop'] * 100) + 0.0:+.2f} pt",
+            f"{row['top1_agreement']:.2%}", f"{row['max_abs_diff']:.1e}",
+            f"{row['p50_ms_batch1']:.2f}" if speed else "-",
+            f"{row['throughput_batch32']:.0f}" if speed else "-",
+            "ok" if row["passed"] else "FAIL: " + "; ".join(row["breaches"])]
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Verified on {report['images']} {report['split']} images; Keras top-1 accuracy "
+             f"{report['keras_accuracy']:.2%}; {report['threads']} threads.", "",
+             "| " + " | ".join(c.replace("|", "\\|") for c in COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in table_cells(row)) + " |"
+              for row in report["rows"]]
+    return "\n".join(lines) + "\n"

@@ -62,3 +62,49 @@ def make_bundle(root: Path, epochs: int = 25) -> Path:
     build_bundle(data, out, BuildOptions(backbone=str(source), epochs=epochs, lr=0.05,
                                          progress=False, cache_dir=str(root / "cache"), seed=0))
     return out
+
+
+@pytest.fixture(scope="session")
+def built_bundle(tmp_path_factory) -> Path:
+    """A freshly built bundle (no exports); copy it before changing it."""
+    return make_bundle(tmp_path_factory.mktemp("edge"))
+
+
+def copy_bundle(source: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(built_bundle, tmp_path_factory) -> Path:
+    """The bundle exported once to every registered format x precision (checked against Keras)."""
+    from graft.exporters import registry
+    from graft.exporters.export import export_bundle
+    from graft.exporters.quantize import ExportOptions
+
+    out = copy_bundle(built_bundle, tmp_path_factory.mktemp("exported") / "bundle")
+    export_bundle(out, list(registry.TARGETS.values()), ExportOptions(calibration_size=30))
+    return out
+
+
+@pytest.fixture(scope="session")
+def held_out(built_bundle):
+    """(pixels, labels, Keras probabilities) of the bundle's test split."""
+    from graft.exporters import verify
+
+    pixels, y, _ = verify.load_split(built_bundle)
+    return pixels, y, verify.keras_probs(built_bundle, pixels)
+
+
+@pytest.fixture()
+def colour_pngs(tmp_path) -> dict:
+    """One clean solid-colour PNG per label: {label: path}."""
+    from PIL import Image
+
+    paths = {}
+    for label, rgb in COLOURS.items():
+        paths[label] = tmp_path / f"{label}.png"
+        Image.new("RGB", (30, 30), rgb).save(paths[label])
+    return paths

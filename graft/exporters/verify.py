@@ -164,8 +164,7 @@ def measure_speed(engine, pixels: np.ndarray, seconds: float = 1.5, batch: int =
 
     latency = timed(lambda: engine.run(one), 200)
     whole = timed(lambda: run_batched(engine, many, fixed or batch), 50)
-    return {"p50_ms_batch1": latency * 1e3, "throughput_batch32": batch / whole,
-            "threads": getattr(engine, "threads", None)}
+    return {"p50_ms_batch1": latency * 1e3, "throughput_batch32": batch / whole}
 
 
 def verify_bundle(bundle_dir: str | Path, budgets: dict | None = None, data_root: str | None = None,
@@ -217,7 +216,7 @@ def verify_row(bundle_dir: Path, row: dict, family: str, pixels, y, reference, s
                                              "top1_agreement", "max_abs_diff", "images",
                                              "passed", "breaches", "budget")}}
     if speed:
-        out.update(measure_speed(open_engine(path, device="cpu", threads=threads), pixels))
+        out.update(measure_speed(open_engine(path, device="cpu", threads=threads), pixels), threads=threads)
     return out
 
 

@@ -109,11 +109,8 @@ def export_bundle(bundle_dir: str | Path, targets: list[registry.Target],
         held_out = _held_out(ctx) if verify_exports else None
         for target in targets:
             row = export_one(ctx, target, held_out, budgets)
-            if (row["status"] == "flagged" and target.budget == "int8" and target.precision == "int8"
-                    and ctx.options.auto_exclude):
-                from graft.exporters.debug import auto_exclude
-
-                row = auto_exclude(ctx, target, row, held_out, budgets, echo)
+            if row["status"] == "flagged" and target.precision == "int8":
+                row = _debug_int8(ctx, target, row, held_out, budgets, echo)
             bundle.record_export(bundle_dir, row)
             echo(summary(row))
             rows.append(row)
@@ -124,6 +121,24 @@ def export_bundle(bundle_dir: str | Path, targets: list[registry.Target],
         raise CheckFailed("; ".join(f"{row['path']}: {row['flagged']}" for row in flagged)
                           + " (kept and flagged in graft.json)")
     return rows
+
+
+def _debug_int8(ctx: Context, target, row: dict, held_out: dict, budgets, echo) -> dict:
+    """Say which layers hurt; with --auto-exclude, keep the worst in float until the budget holds."""
+    from graft.exporters import debug
+
+    if ctx.options.auto_exclude:
+        row = debug.auto_exclude(ctx, target, row, held_out, budgets, echo)
+        info = row["auto_exclude"]
+        echo(f"  auto-exclude kept {len(info['excluded_nodes'])} layer(s) in float: "
+             f"size {info['size_cost']:+.1%}, batch-32 throughput {-info['speed_cost']:+.1%}")
+        return row
+    ranking = debug.rank_layers(ctx, target.format, ctx.bundle_dir / row["path"])
+    row["worst_layers"] = ranking[:10]
+    row["flagged"] += (f"; worst layers ({ranking[0]['metric'] if ranking else ''}): "
+                       f"{debug.describe(ranking)}; keep them in float with --exclude-nodes "
+                       "or --auto-exclude")
+    return row
 
 
 def _held_out(ctx: Context) -> dict:

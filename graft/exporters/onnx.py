@@ -145,6 +145,15 @@ class CalibrationReader:
     def rewind(self):
         self.position = 0
 
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = self.get_next()
+        if batch is None:
+            raise StopIteration
+        return batch
+
 
 def preprocess_for_quantization(source: Path, out: Path) -> None:
     """onnxruntime's quantization pre-processing: symbolic shape inference + graph optimisation."""

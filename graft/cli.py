@@ -206,12 +206,16 @@ def verify(bundle_dir, threads, no_speed, data_root, **budget_flags):
               help="Write results to a .csv or .jsonl file instead of the terminal.")
 @click.option("--top-k", type=click.IntRange(1, 1000), default=3, show_default=True)
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
-def predict(model, inputs, output, top_k, device):
-    """Classify images with an exported MODEL (a bundle or a .onnx file)."""
+@click.option("--artifact", default=None, help="Which export of a bundle: FORMAT[:PRECISION], "
+              "e.g. onnx, onnx:int8, tflite:float16 (default onnx:float32).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Threads per engine (ONNX Runtime intra-op, LiteRT interpreter).")
+def predict(model, inputs, output, top_k, device, artifact, threads):
+    """Classify images with an exported MODEL (a bundle, a .onnx or a .tflite file)."""
     from graft.runtime.classifier import Classifier
     from graft.runtime.results import expand_inputs, write_results
 
-    clf = Classifier.load(model, device=device)
+    clf = Classifier.load(model, device=device, threads=threads, artifact=artifact)
     paths = expand_inputs(inputs)
     rows = []
     for path in paths:

@@ -127,3 +127,10 @@ def test_bad_calibration_method_is_rejected(built_bundle):
     result = run("export", built_bundle, "--quantize", "int8", "--calibration-method", "kl")
     assert result.exit_code == 2
     assert "'kl' is not one of 'minmax', 'entropy', 'percentile'" in result.output
+
+
+def test_predict_picks_an_artifact_and_threads(exported_bundle, colour_pngs):
+    result = CliRunner().invoke(cli, ["predict", str(exported_bundle), str(colour_pngs["blue"]),
+                                      "--artifact", "tflite:int8", "--threads", "1", "--top-k", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"{colour_pngs['blue']}\tblue " in result.output

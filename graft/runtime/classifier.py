@@ -7,6 +7,7 @@ the sha256 in graft.json) or a single exported file that carries its manifest.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
@@ -17,6 +18,10 @@ from graft.bundle import EXPORTS_DIR, find_export, is_bundle, read_manifest, sha
 from graft.errors import BundleError, GraftError, IntegrityError
 from graft.runtime.engines import Engine, open_engine
 from graft.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageSource, load_batch
+
+
+class FlaggedExportWarning(UserWarning):
+    """The chosen export broke its verification budget when it was checked."""
 
 
 class Prediction(NamedTuple):
@@ -43,6 +48,10 @@ def resolve_model_file(path: str | os.PathLike, artifact: str | None = None) -> 
             have = ", ".join(f"{r['format']}:{r['precision']}" for r in manifest.get("exports", [])) or "none"
             raise BundleError(f"{path}: no {fmt}:{precision} export (exports: {have}); "
                               f"run `graft export {path} --format {fmt}`")
+        if row.get("status") == "flagged":
+            warnings.warn(f"{path}: the {fmt}:{precision} export is flagged in graft.json "
+                          f"({row.get('flagged', 'it broke its verification budget')})",
+                          FlaggedExportWarning, stacklevel=3)
         return path / row["path"], manifest, row.get("sha256")
     if not path.exists():
         raise BundleError(f"{path}: no such model file or bundle")

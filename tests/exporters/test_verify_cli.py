@@ -113,6 +113,10 @@ def test_failed_export_is_kept_but_flagged(built_bundle, tmp_path):
     row = bundle.find_export(bundle.read_manifest(out), "tflite", "float16")
     assert row["status"] == "flagged" and not row["parity"]["passed"]
     assert (out / row["path"]).is_file()
+    from graft.runtime.classifier import Classifier, FlaggedExportWarning
+
+    with pytest.warns(FlaggedExportWarning, match="tflite:float16 export is flagged in graft.json"):
+        Classifier.load(out, device="cpu", artifact="tflite:float16")
 
 
 def test_no_verify_records_unverified(built_bundle, tmp_path):

@@ -143,5 +143,6 @@ def throughput(path: Path, batch: int = 32) -> float:
     return measure_speed(engine, pixels, seconds=1.0)["throughput_batch32"]
 
 
-def describe(ranking: list[dict], top: int = 5) -> str:
-    return ", ".join(f"{r['node']} ({r['score']:.1f})" for r in ranking[:top])
+def describe(ranking: list[dict], top: int = 3) -> str:
+    """The worst layers, briefly: the first name of each (TFLite joins fused ops with ';')."""
+    return ", ".join(f"{r['node'].split(';')[0]} ({r['score']:.2g})" for r in ranking[:top])

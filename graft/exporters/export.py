@@ -118,8 +118,9 @@ def export_bundle(bundle_dir: str | Path, targets: list[registry.Target],
         ctx.close()
     flagged = [row for row in rows if row["status"] == "flagged"]
     if flagged:
-        raise CheckFailed("; ".join(f"{row['path']}: {row['flagged']}" for row in flagged)
-                          + " (kept and flagged in graft.json)")
+        raise CheckFailed(f"{len(flagged)} of {len(rows)} exports break their budget: "
+                          + "; ".join(f"{row['path']} ({', '.join(_breaches(row))})" for row in flagged)
+                          + "; they are kept and flagged in graft.json")
     return rows
 
 
@@ -139,6 +140,10 @@ def _debug_int8(ctx: Context, target, row: dict, held_out: dict, budgets, echo) 
                        f"{debug.describe(ranking)}; keep them in float with --exclude-nodes "
                        "or --auto-exclude")
     return row
+
+
+def _breaches(row: dict) -> list[str]:
+    return row.get("parity", {}).get("breaches") or [row.get("flagged", "flagged")]
 
 
 def _held_out(ctx: Context) -> dict:

@@ -21,11 +21,12 @@ def fresh(built_bundle, tmp_path):
 
 
 def test_breach_names_the_worst_layers(fresh):
-    with pytest.raises(CheckFailed, match=r"model.int8.onnx: breaks its budget: max \|dprob\| .* "
-                                          r"worst layers \(SQNR lost in dB"):
+    with pytest.raises(CheckFailed, match=r"1 of 1 exports break their budget: exports/model.int8.onnx "
+                                          r"\(max \|dprob\| .* > 1e-03\); they are kept and flagged"):
         export_bundle(fresh, [ONNX_INT8], ExportOptions(calibration_size=30), budgets=TIGHT)
     row = bundle.find_export(bundle.read_manifest(fresh), "onnx", "int8")
     assert row["status"] == "flagged"
+    assert "worst layers (SQNR lost in dB (higher is worse)): " in row["flagged"]
     worst = row["worst_layers"]
     assert worst and worst[0]["score"] >= worst[-1]["score"]
     assert all(w["node"] in w["nodes"] for w in worst)

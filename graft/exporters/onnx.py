@@ -1,4 +1,4 @@
-"""Keras -> ONNX with tf2onnx: dynamic batch, manifest in metadata_props, parity-checked."""
+"""Keras -> ONNX with tf2onnx (float32), and from it float16, dynamic int8 and static QDQ int8."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ calibrated ranges are those of the pixels the model will see in production.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +43,6 @@ class ExportOptions:
             raise GraftError(f"--calibration-size must be a positive integer; "
                              f"received {self.calibration_size!r}")
         return self
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 # Presets in the spirit of MediaPipe Model Maker's QuantizationConfig.

@@ -30,8 +30,9 @@ def converter(model, size: int):
 
     # Freeze the weights into constants: the converter would otherwise keep Keras 3's
     # variables as resource variables that the interpreter never initialises.
+    # An empty module stands in as the trackable owner (nothing is left to own).
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
-    return tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    return tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module())
 
 
 def representative(pixels: np.ndarray):

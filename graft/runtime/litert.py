@@ -9,6 +9,7 @@ thread-safe: each thread gets its own, made on first use.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from pathlib import Path
 
@@ -99,23 +100,55 @@ def read_manifest(data: bytes, source: str) -> dict | None:
 
 
 def read_metadata(data: bytes, name: str, source: str = "model") -> bytes | None:
-    """A named metadata buffer of a TFLite flatbuffer (flatbuffers only, no TensorFlow)."""
-    from ai_edge_litert import schema_py_generated as schema
+    """A named metadata buffer of a TFLite flatbuffer, read with ``flatbuffers`` alone.
+
+    From the TFLite schema: Model.buffers is field 4 and Model.metadata field 6;
+    Metadata is {name: string, buffer: uint}; Buffer is {data: [ubyte], offset: ulong,
+    size: ulong}, offset/size being used by large models that keep their buffers
+    after the flatbuffer. A field's vtable slot is 4 + 2 * its index.
+    """
+    from flatbuffers import encode, number_types, table
 
     try:
-        model = schema.Model.GetRootAs(data, 0)
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            if (entry.Name() or b"").decode() != name:
+        data = bytes(data)
+        model = table.Table(data, encode.Get(number_types.UOffsetTFlags.packer_type, data, 0))
+        buffers = _tables(model, _slot(4))
+        for entry in _tables(model, _slot(6)):
+            field = entry.Offset(_slot(0))
+            if not field or entry.String(field + entry.Pos).decode() != name:
                 continue
-            buffer = model.Buffers(entry.Buffer())
-            if buffer.Offset() > 1:  # large models keep buffers after the flatbuffer
-                return bytes(data[buffer.Offset():buffer.Offset() + buffer.Size()])
-            return buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
-    except Exception as exc:  # a damaged flatbuffer raises struct/index errors
+            field = entry.Offset(_slot(1))
+            buffer = buffers[entry.Get(number_types.Uint32Flags, field + entry.Pos) if field else 0]
+            if buffer.Offset(_slot(1)):
+                offset = buffer.Get(number_types.Uint64Flags, buffer.Offset(_slot(1)) + buffer.Pos)
+                size = buffer.Get(number_types.Uint64Flags, buffer.Offset(_slot(2)) + buffer.Pos)
+                if offset > 1:
+                    return data[offset:offset + size]
+            field = buffer.Offset(_slot(0))
+            if not field:
+                return b""
+            start = buffer.Vector(field)
+            return data[start:start + buffer.VectorLen(field)]
+    except (struct.error, IndexError, UnicodeDecodeError, ValueError) as exc:  # a damaged flatbuffer raises struct/index/unicode errors
         raise BundleError(f"{source}: the TFLite metadata cannot be read ({type(exc).__name__}); "
                           "the file is damaged, re-run `graft export`") from None
     return None
+
+
+def _slot(index: int) -> int:
+    return 4 + 2 * index
+
+
+def _tables(parent, slot: int) -> list:
+    """The tables of a vector-of-tables field."""
+    from flatbuffers import table
+
+    field = parent.Offset(slot)
+    if not field:
+        return []
+    start = parent.Vector(field)
+    return [table.Table(parent.Bytes, parent.Indirect(start + 4 * i))
+            for i in range(parent.VectorLen(field))]
 
 
 ENGINES[".tflite"] = LiteRTEngine

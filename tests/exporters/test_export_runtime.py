@@ -129,3 +129,20 @@ def test_runtime_reads_tflite_without_tensorflow(exported_bundle, colour_pngs):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["green", "heavy: []"]
+
+
+def test_metadata_reader_agrees_with_the_tflite_schema(exported_bundle):
+    from ai_edge_litert import schema_py_generated as schema
+
+    from graft.runtime.litert import read_metadata
+
+    data = (exported_bundle / "exports" / "model.dynamic.tflite").read_bytes()
+    model = schema.Model.GetRootAs(data, 0)
+    names = [model.Metadata(i).Name().decode() for i in range(model.MetadataLength())]
+    assert "graft.manifest" in names and "min_runtime_version" in names
+    for i, name in enumerate(names):
+        expected = model.Buffers(model.Metadata(i).Buffer()).DataAsNumpy().tobytes()
+        assert read_metadata(data, name) == expected
+    assert read_metadata(data, "absent") is None
+    with pytest.raises(BundleError, match="the TFLite metadata cannot be read"):
+        read_metadata(data[:200], "graft.manifest", "cut.tflite")

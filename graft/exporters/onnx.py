@@ -131,7 +131,9 @@ def export_int8(ctx, out: Path) -> dict:
 class CalibrationReader:
     """onnxruntime CalibrationDataReader over runtime-preprocessed pixels (float32 0..255)."""
 
-    def __init__(self, pixels, input_name: str, batch: int = 8):
+    def __init__(self, pixels, input_name: str, batch: int = 1):
+        # One image per batch: the histogram calibrators (entropy, percentile) stack
+        # batches and fail when the last one is shorter.
         self.batches = [pixels[i:i + batch].astype("float32") for i in range(0, len(pixels), batch)]
         self.input_name = input_name
         self.position = 0

@@ -134,12 +134,27 @@ def _debug_int8(ctx: Context, target, row: dict, held_out: dict, budgets, echo) 
         echo(f"  auto-exclude kept {len(info['excluded_nodes'])} layer(s) in float: "
              f"size {info['size_cost']:+.1%}, batch-32 throughput {-info['speed_cost']:+.1%}")
         return row
-    ranking = debug.rank_layers(ctx, target.format, ctx.bundle_dir / row["path"])
+    try:
+        ranking = debug.rank_layers(ctx, target.format, ctx.bundle_dir / row["path"])
+    except Exception as exc:  # the file is still recorded, flagged, without the diagnosis
+        row["flagged"] += f"; the layer debugger failed ({type(exc).__name__}: {str(exc)[:200]})"
+        return row
     row["worst_layers"] = ranking[:10]
     row["flagged"] += (f"; worst layers ({ranking[0]['metric'] if ranking else ''}): "
                        f"{debug.describe(ranking)}; keep them in float with --exclude-nodes "
                        "or --auto-exclude")
     return row
+
+
+def _forget(bundle_dir: Path, path: Path) -> None:
+    """Remove a file and its graft.json row (if an older export left one)."""
+    path.unlink(missing_ok=True)
+    manifest = bundle.read_manifest(bundle_dir)
+    relative = path.relative_to(bundle_dir).as_posix()
+    kept = [row for row in manifest.get("exports", []) if row.get("path") != relative]
+    if len(kept) != len(manifest.get("exports", [])):
+        manifest["exports"] = kept
+        bundle.write_manifest(bundle_dir, manifest)
 
 
 def _breaches(row: dict) -> list[str]:
@@ -158,13 +173,17 @@ def export_one(ctx: Context, target: registry.Target, held_out: dict | None,
     path = ctx.bundle_dir / bundle.EXPORTS_DIR / target.filename
     with bundle.atomic_path(path, suffix=path.suffix) as tmp:
         options = target.load()(ctx, tmp)
-    row = export_row(ctx.bundle_dir, path, target, options)
-    if held_out is None:
-        row.update(status="unverified")
-        return row
-    budget = verify.budget_for(target.budget, budgets)
-    parity = verify.check_file(path, held_out["pixels"], held_out["y"], held_out["reference"],
-                               held_out["split"], budget)
+    try:
+        row = export_row(ctx.bundle_dir, path, target, options)
+        if held_out is None:
+            row.update(status="unverified")
+            return row
+        budget = verify.budget_for(target.budget, budgets)
+        parity = verify.check_file(path, held_out["pixels"], held_out["y"], held_out["reference"],
+                                   held_out["split"], budget)
+    except BaseException:
+        _forget(ctx.bundle_dir, path)  # never leave an unchecked, unrecorded file behind
+        raise
     row["parity"] = parity
     if parity["passed"]:
         row["status"] = "ok"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edge_models import copy_bundle
@@ -76,3 +77,26 @@ def test_auto_exclude_searches_until_the_budget_holds(fresh):
     assert any("auto-exclude kept" in line for line in lines)
     recorded = bundle.find_export(bundle.read_manifest(fresh), "onnx", "int8")
     assert recorded["auto_exclude"]["excluded_nodes"] == info["excluded_nodes"]
+
+
+def test_tflite_layers_are_ranked_and_can_be_kept_in_float(fresh):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from graft.exporters.tflite import layer_errors
+
+    ctx = Context(fresh, ExportOptions(calibration_size=30))
+    try:
+        ranking = layer_errors(ctx)
+    finally:
+        ctx.close()
+    assert ranking and ranking[0]["metric"] == "rmse/scale"
+    assert ranking[0]["score"] >= ranking[-1]["score"]
+    keep = ranking[0]["node"]
+    export_bundle(fresh, [registry.TARGETS[("tflite", "int8")]],
+                  ExportOptions(calibration_size=30, exclude_nodes=[f"tflite:{keep}"]))
+    row = bundle.find_export(bundle.read_manifest(fresh), "tflite", "int8")
+    assert row["options"]["excluded_nodes"] == [keep] and "float fallback" in row["options"]["ops"]
+    interpreter = Interpreter(model_path=str(fresh / row["path"]))
+    dtypes = {t["name"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    assert dtypes[keep] == np.float32  # the named op's output stayed float
+    assert any(d == np.int8 for d in dtypes.values())  # the rest is still int8

@@ -117,6 +117,9 @@ def test_failed_export_is_kept_but_flagged(built_bundle, tmp_path):
 
     with pytest.warns(FlaggedExportWarning, match="tflite:float16 export is flagged in graft.json"):
         Classifier.load(out, device="cpu", artifact="tflite:float16")
+    result = run("inspect", out)
+    assert "exports/model.float16.tflite  tflite:float16" in result.output
+    assert " ok FLAGGED" in result.output
 
 
 def test_no_verify_records_unverified(built_bundle, tmp_path):

@@ -98,6 +98,7 @@ def export_int8(ctx, out: Path) -> dict:
     excluded = list(ctx.exclude_nodes("tflite"))
     if excluded:
         data = _debugger_model(ctx, io_dtype, excluded)
+        _check_names(data, excluded)
     else:
         data = _convert(int8_converter(ctx, io_dtype), "int8")
     _, facts = ctx.calibration()
@@ -120,6 +121,17 @@ def _debugger_model(ctx, io_dtype: str, denylist: list[str]) -> bytes:
     except Exception as exc:
         raise ExportError(f"the TFLite converter could not keep {', '.join(denylist)} in float: "
                           f"{str(exc).strip().splitlines()[0][:300]}") from None
+
+
+def _check_names(data: bytes, names: list[str]) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    known = {t["name"] for t in Interpreter(model_content=data).get_tensor_details()}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        shown = ", ".join(sorted(known)[:4])
+        raise ExportError(f"--exclude-nodes: no TFLite tensor named {unknown[0]!r}; names look "
+                          f"like: {shown}, ... (see worst_layers in graft.json)")
 
 
 # ---------------------------------------------------------------------------- metadata

@@ -62,6 +62,13 @@ def test_unknown_exclude_node_is_refused(fresh):
         export_bundle(fresh, [ONNX_INT8], ExportOptions(exclude_nodes=["nope"]))
 
 
+def test_unknown_tflite_exclude_node_is_refused(fresh):
+    with pytest.raises(ExportError, match="--exclude-nodes: no TFLite tensor named 'nope'; names look like: "):
+        export_bundle(fresh, [registry.TARGETS[("tflite", "int8")]],
+                      ExportOptions(calibration_size=30, exclude_nodes=["tflite:nope"]))
+    assert bundle.find_export(bundle.read_manifest(fresh), "tflite", "int8") is None
+
+
 def test_auto_exclude_searches_until_the_budget_holds(fresh):
     lines = []
     rows = export_bundle(fresh, [ONNX_INT8], ExportOptions(calibration_size=30, auto_exclude=True),

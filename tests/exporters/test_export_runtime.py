@@ -76,7 +76,7 @@ def test_one_interpreter_per_thread(exported_bundle, held_out):
         try:
             for _ in range(5):
                 results[i] = engine.run(pixels[: 3 + i])
-            interpreters[i] = id(engine._interpreter())
+            interpreters[i] = engine._interpreter()  # held, so no id is reused after a thread ends
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -86,9 +86,9 @@ def test_one_interpreter_per_thread(exported_bundle, held_out):
     for t in threads:
         t.join()
     assert not errors
-    assert len(set(interpreters.values())) == 4
+    assert len({id(it) for it in interpreters.values()}) == 4
     for i, probs in results.items():
-        np.testing.assert_allclose(probs, expected[: 3 + i], atol=1e-6)
+        np.testing.assert_allclose(probs, expected[: 3 + i], atol=1e-5)
 
 
 def test_litert_refuses_gpu_devices(exported_bundle):

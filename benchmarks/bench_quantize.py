@@ -1,4 +1,4 @@
-"""int8 vs float32 on a MobileNetV2-size model at 224 px, ONNX Runtime and LiteRT, one session.
+"""int8 vs float32 on a MobileNetV2-size model at 224 px, ONNX Runtime and LiteRT, in one process.
 
     python benchmarks/bench_quantize.py BUNDLE [--rounds 7] [--threads N]
 

@@ -1,4 +1,4 @@
-"""Shared fixtures for the exporter tests: one tiny bundle per session, exported once to
+"""Shared fixtures for the exporter tests: one tiny bundle per test run, exported once to
 every registered format x precision, reused by all tests."""
 
 from __future__ import annotations

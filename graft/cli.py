@@ -97,21 +97,105 @@ def _print_build_summary(out: str, manifest: dict) -> None:
 
 
 # -------------------------------------------------------------------------- export
+FORMAT_CHOICE = click.Choice(["onnx", "tflite", "all"])
+QUANTIZE_CHOICE = click.Choice(["none", "fp16", "dynamic", "int8", "all"])
+
+
+def _budget_options(command):
+    """Budget flags shared by `graft export` and `graft verify` (percent / points)."""
+    flags = [
+        click.option("--f32-min-agreement", type=click.FloatRange(0, 100), default=None,
+                     help="float32: minimum top-1 agreement with Keras, % [100]."),
+        click.option("--f32-max-diff", type=click.FloatRange(0), default=None,
+                     help="float32: maximum |dprob| vs Keras [1e-4]."),
+        click.option("--f16-min-agreement", type=click.FloatRange(0, 100), default=None,
+                     help="float16: minimum top-1 agreement, % [99.5]."),
+        click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=None,
+                     help="int8 and dynamic: minimum top-1 agreement, % [98]."),
+        click.option("--int8-max-drop", type=click.FloatRange(0, 100), default=None,
+                     help="int8 and dynamic: maximum top-1 accuracy drop, points [1.0]."),
+    ]
+    for flag in reversed(flags):
+        command = flag(command)
+    return command
+
+
+def _budgets(f32_min_agreement, f32_max_diff, f16_min_agreement, int8_min_agreement, int8_max_drop) -> dict:
+    pairs = {("float32", "min_agreement"): f32_min_agreement, ("float32", "max_abs_diff"): f32_max_diff,
+             ("float16", "min_agreement"): f16_min_agreement,
+             ("int8", "min_agreement"): int8_min_agreement, ("int8", "max_accuracy_drop"): int8_max_drop}
+    budgets: dict = {}
+    for (family, key), value in pairs.items():
+        if value is not None:
+            budgets.setdefault(family, {})[key] = value if key == "max_abs_diff" else value / 100
+    return budgets
+
+
 @cli.command()
 @click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=str))
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default="onnx", show_default=True)
+@click.option("--quantize", type=QUANTIZE_CHOICE, default="none", show_default=True,
+              help="none (float32), fp16, dynamic (int8 weights), int8 (static, calibrated) or all.")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
+@click.option("--calibration-size", type=click.IntRange(1, 100000), default=200, show_default=True,
+              help="int8: calibration images, drawn class-balanced from the training split.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True, help="ONNX int8 activation calibration.")
+@click.option("--io-dtype", type=click.Choice(["float32", "int8", "uint8"]), default="float32",
+              show_default=True, help="TFLite int8: dtype of the model's input and output.")
+@click.option("--exclude-nodes", default="", help="int8: comma-separated nodes to keep in float "
+              "(ONNX node names, TFLite tensor names; prefix onnx: or tflite: to target one format).")
+@click.option("--auto-exclude", is_flag=True, help="int8: when the budget breaks, keep the worst "
+              "layers in float until it holds, and report what that cost.")
+@click.option("--no-verify", is_flag=True, help="Skip the check against Keras on the test split.")
 @click.option("--data", "data_root", type=click.Path(path_type=str), default=None,
-              help="The dataset's root, if it moved since `graft build` (for the parity check).")
-def export(bundle_dir, fmt, opset, data_root):
-    """Export a bundle's model and check it agrees with the Keras model."""
-    from graft.exporters.onnx import export_onnx
+              help="The dataset's root, if it moved since `graft build` (for the checks).")
+@_budget_options
+def export(bundle_dir, fmt, quantize, opset, calibration_size, calibration_method, io_dtype,
+           exclude_nodes, auto_exclude, no_verify, data_root, **budget_flags):
+    """Export a bundle's model to ONNX / TFLite at each precision and check each against Keras."""
+    from graft.exporters import registry
+    from graft.exporters.export import export_bundle
+    from graft.exporters.quantize import ExportOptions
 
-    row = export_onnx(bundle_dir, opset=opset, data_root=data_root)
-    parity = row["parity"]
-    click.echo(f"wrote {bundle_dir}/{row['path']} ({row['size_bytes'] / 1e6:.2f} MB)  "
-               f"agreement {parity['top1_agreement']:.2%}  max|dprob| {parity['max_abs_diff']:.2e} "
-               f"on {parity['images']} test images")
+    options = ExportOptions(opset=opset, calibration_size=calibration_size,
+                            calibration_method=calibration_method, io_dtype=io_dtype,
+                            exclude_nodes=[n.strip() for n in exclude_nodes.split(",") if n.strip()],
+                            auto_exclude=auto_exclude, data_root=data_root)
+    export_bundle(bundle_dir, registry.select(fmt, quantize), options, verify_exports=not no_verify,
+                  budgets=_budgets(**budget_flags), echo=click.echo)
+
+
+# -------------------------------------------------------------------------- verify
+@cli.command()
+@click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=str))
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Threads per engine (default: all CPU cores).")
+@click.option("--no-speed", is_flag=True, help="Skip the latency and throughput measurements.")
+@click.option("--data", "data_root", type=click.Path(path_type=str), default=None,
+              help="The dataset's root, if it moved since `graft build`.")
+@_budget_options
+def verify(bundle_dir, threads, no_speed, data_root, **budget_flags):
+    """Run every exported file on the test split; print one table; exit 1 if a budget breaks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from graft.errors import CheckFailed
+    from graft.exporters.verify import COLUMNS, REPORT_JSON, REPORT_MD, table_cells, verify_bundle
+
+    report = verify_bundle(bundle_dir, _budgets(**budget_flags), data_root, threads, not no_speed)
+    table = Table(title=f"{report['bundle']}: {report['images']} {report['split']} images, Keras "
+                        f"accuracy {report['keras_accuracy']:.2%}, {report['threads']} threads")
+    for i, column in enumerate(COLUMNS):
+        table.add_column(column, justify="left" if i < 2 or i == len(COLUMNS) - 1 else "right")
+    for row in report["rows"]:
+        table.add_row(*table_cells(row))
+    Console(width=200).print(table)
+    click.echo(f"wrote {bundle_dir}/{REPORT_JSON} and {bundle_dir}/{REPORT_MD}")
+    failed = [row for row in report["rows"] if not row["passed"]]
+    if failed:
+        raise CheckFailed(f"{len(failed)} of {len(report['rows'])} exports break their budget: "
+                          + "; ".join(f"{r['path']} ({', '.join(r['breaches'])})" for r in failed))
 
 
 # ------------------------------------------------------------------------- predict
@@ -123,12 +207,14 @@ def export(bundle_dir, fmt, opset, data_root):
               "Without it, results go to the terminal.")
 @click.option("--top-k", type=click.IntRange(1, 1000), default=3, show_default=True)
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
+@click.option("--artifact", default=None, help="Which export of a bundle: FORMAT[:PRECISION], "
+              "e.g. onnx, onnx:int8, tflite:float16 (default onnx:float32).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Threads decoding and resizing images, per Ray actor with --engine ray "
               "(default: CPUs, at most 8).")
 @click.option("--model-threads", type=click.IntRange(1, 256), default=None,
-              help="onnxruntime intra-op threads (default: onnxruntime's choice).")
+              help="Model threads: onnxruntime intra-op or LiteRT interpreter (default: the engine's choice).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted job: keep the rows in "
               "OUTPUT, cut a torn last record, classify only the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
@@ -143,9 +229,9 @@ def export(bundle_dir, fmt, opset, data_root):
               help="Ray model replicas (default: one per two CPUs of the cluster).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
-def predict(model, inputs, output, top_k, device, batch_size, threads, model_threads, resume,
+def predict(model, inputs, output, top_k, device, artifact, batch_size, threads, model_threads, resume,
             overwrite, strict, chunk_rows, engine, address, num_cpus, actors, progress):
-    """Classify images with an exported MODEL (a bundle or a .onnx file).
+    """Classify images with an exported MODEL (a bundle, a .onnx or a .tflite file).
 
     INPUTS are image files, directories (recursive), globs, or .txt/.csv files
     listing paths. Unreadable images become rows with an error.
@@ -155,12 +241,13 @@ def predict(model, inputs, output, top_k, device, batch_size, threads, model_thr
     if output is None:
         if resume or overwrite or engine != "local":
             raise GraftError("--resume, --overwrite and --engine ray need an output file (-o OUT)")
-        failed = _predict_to_terminal(model, inputs, top_k, device, batch_size, threads, model_threads)
+        failed = _predict_to_terminal(model, inputs, top_k, device, artifact, batch_size, threads,
+                                      model_threads)
     else:
         from graft.runtime.batch import run_job
 
         summary = run_job(model, inputs, output, top_k=top_k, batch_size=batch_size, threads=threads,
-                          device=device, model_threads=model_threads, resume=resume,
+                          device=device, artifact=artifact, model_threads=model_threads, resume=resume,
                           overwrite=overwrite, chunk_rows=chunk_rows, engine=engine,
                           address=address, num_cpus=num_cpus, actors=actors, progress=progress)
         failed = summary.failed + summary.failed_before
@@ -171,12 +258,14 @@ def predict(model, inputs, output, top_k, device, batch_size, threads, model_thr
         sys.exit(1)
 
 
-def _predict_to_terminal(model, inputs, top_k, device, batch_size, threads, model_threads) -> int:
+def _predict_to_terminal(model, inputs, top_k, device, artifact, batch_size, threads,
+                         model_threads) -> int:
     from graft.runtime.batch import iter_predictions
 
     ok = failed = 0
     for result in iter_predictions(model, inputs, top_k=top_k, batch_size=batch_size,
-                                   threads=threads, device=device, model_threads=model_threads):
+                                   threads=threads, device=device, artifact=artifact,
+                                   model_threads=model_threads):
         text = result.error or "  ".join(f"{label} {score:.4f}"
                                          for label, score in zip(result.labels, result.scores))
         click.echo(f"{result.path}\t{text}")

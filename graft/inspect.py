@@ -21,6 +21,8 @@ def describe_model(path: str) -> list[str]:
                 state = "SHA256 MISMATCH"
             else:
                 state = "ok"
+            if row.get("status") in ("flagged", "unverified"):
+                state += f" {row['status'].upper()}"
             parity = row.get("parity", {})
             extra = (f"  agreement {parity['top1_agreement']:.2%} max|d| {parity['max_abs_diff']:.1e}"
                      if "top1_agreement" in parity else "")

@@ -1,14 +1,12 @@
-"""Keras -> ONNX with tf2onnx: dynamic batch, manifest in metadata_props, parity-checked."""
+"""Keras -> ONNX with tf2onnx (float32), and from it float16, dynamic int8 and static QDQ int8."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 from graft import bundle
-from graft.errors import CheckFailed, ExportError
-from graft.exporters import verify
+from graft.errors import ExportError
 
 DEFAULT_OPSET = 17
 
@@ -32,11 +30,14 @@ def convert(model, size: int, opset: int = DEFAULT_OPSET):
     return proto
 
 
-def embed_manifest(proto, manifest: dict) -> None:
-    """Put the portable manifest into the model's metadata_props (replacing an old one)."""
+def embed_manifest(proto, manifest: dict, export: dict | None = None) -> None:
+    """Put the portable manifest (plus what this file is) into metadata_props, replacing an old one."""
+    portable = bundle.portable_manifest(manifest)
+    if export:
+        portable["export"] = export
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key != bundle.METADATA_KEY]
     del proto.metadata_props[:]
-    for key, value in kept + [(bundle.METADATA_KEY, json.dumps(bundle.portable_manifest(manifest)))]:
+    for key, value in kept + [(bundle.METADATA_KEY, json.dumps(portable))]:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
 
@@ -52,63 +53,137 @@ def save_checked(proto, path: Path) -> None:
     bundle.atomic_write_bytes(path, proto.SerializeToString())
 
 
-def export_row(bundle_dir: Path, path: Path, fmt: str, precision: str, options: dict) -> dict:
-    import onnxruntime
-
-    tools = {"onnxruntime": onnxruntime.__version__}
-    try:
-        import onnx
-        import tf2onnx
-
-        tools.update(onnx=onnx.__version__, tf2onnx=tf2onnx.__version__)
-    except ImportError:
-        pass
-    return {
-        "path": path.relative_to(bundle_dir).as_posix(),
-        "format": fmt,
-        "precision": precision,
-        "size_bytes": path.stat().st_size,
-        "sha256": bundle.sha256_file(path),
-        "options": options,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "tools": tools,
-    }
-
-
 def export_onnx(bundle_dir: str | Path, opset: int = DEFAULT_OPSET, data_root: str | None = None) -> dict:
     """Export the float32 ONNX model, check parity with Keras, record it; return its row."""
-    bundle_dir = Path(bundle_dir)
-    manifest = bundle.read_manifest(bundle_dir)
-    size = manifest["preprocessing"]["size"][0]
-    model = verify.load_keras(bundle_dir)
-    proto = convert(model, size, opset)
-    embed_manifest(proto, manifest)
-    path = bundle_dir / bundle.EXPORTS_DIR / "model.float32.onnx"
-    pixels, _, split = verify.load_split(bundle_dir, "test", data_root)
-    reference = verify.keras_probs(bundle_dir, pixels)
-    save_checked(proto, path)
+    from graft.exporters import registry
+    from graft.exporters.export import export_bundle
+    from graft.exporters.quantize import ExportOptions
+
+    rows = export_bundle(bundle_dir, [registry.TARGETS[("onnx", "float32")]],
+                         ExportOptions(opset=opset, data_root=data_root))
+    return rows[0]
+
+
+# --------------------------------------------------------------------------------------
+# One function per precision, called through the registry: (context, output path) -> options.
+# The float32 proto is converted once per `graft export` run and the others derive from it.
+
+def _portable(ctx, precision: str, **facts) -> dict:
+    return {"format": "onnx", "precision": precision, "io_dtype": "float32", **facts}
+
+
+def export_float32(ctx, out: Path) -> dict:
+    proto = ctx.onnx_proto()
+    embed_manifest(proto, ctx.manifest, _portable(ctx, "float32"))
+    save_checked(proto, out)
+    return {"opset": ctx.options.opset, "dynamic_batch": True}
+
+
+def export_float16(ctx, out: Path) -> dict:
+    """float16 weights and activations inside; float32 input and output kept for callers."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    proto = convert_float_to_float16(ctx.onnx_proto(), keep_io_types=True)
+    OnnxModel(proto).topological_sort()  # the converter appends its I/O casts at the end
+    embed_manifest(proto, ctx.manifest, _portable(ctx, "float16"))
+    save_checked(proto, out)
+    return {"opset": ctx.options.opset, "dynamic_batch": True, "keep_io_types": True}
+
+
+def export_dynamic(ctx, out: Path) -> dict:
+    """int8 weights, activations quantized on the fly (onnxruntime quantize_dynamic)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _quiet_ort_logging()
+    quantize_dynamic(ctx.onnx_file(), out, weight_type=QuantType.QInt8)
+    _restamp(ctx, out, _portable(ctx, "dynamic", weights="int8"))
+    return {"opset": ctx.options.opset, "weight_type": "int8", "activations": "dynamic"}
+
+
+def export_int8(ctx, out: Path) -> dict:
+    """Static post-training quantization: QDQ, per-channel int8 weights, calibrated activations."""
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    _quiet_ort_logging()
+    pixels, facts = ctx.calibration()
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[ctx.options.calibration_method]
+    excluded = list(ctx.exclude_nodes("onnx"))
+    source = ctx.onnx_preprocessed()
     try:
-        parity = check_parity(path, pixels, reference, split, verify.FLOAT32_BUDGET)
-    except BaseException:
-        path.unlink(missing_ok=True)  # never leave an unrecorded file behind
-        raise
-    row = export_row(bundle_dir, path, "onnx", "float32", {"opset": opset, "dynamic_batch": True})
-    row["parity"] = parity
-    bundle.record_export(bundle_dir, row)
-    if not parity["passed"]:
-        raise CheckFailed(f"{path.name}: parity with Keras failed on {parity['images']} {split} images: "
-                          f"agreement {parity['top1_agreement']:.2%} (need 100%), max |dprob| "
-                          f"{parity['max_abs_diff']:.2e} (limit {parity['budget']['max_abs_diff']:.0e}); "
-                          "the file is kept and flagged in graft.json")
-    return row
+        quantize_static(source, out, CalibrationReader(pixels, ctx.onnx_input_name()),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=method, nodes_to_exclude=excluded,
+                        extra_options={"CalibPercentile": 99.999})
+    except Exception as exc:
+        raise ExportError(f"onnxruntime could not quantize the model to int8: "
+                          f"{str(exc).splitlines()[0][:300]}") from None
+    quant = {"activations": "uint8 per-tensor (asymmetric)", "weights": "int8 per-channel (symmetric)",
+             "format": "QDQ", "calibration_method": ctx.options.calibration_method,
+             "excluded_nodes": excluded}
+    _restamp(ctx, out, _portable(ctx, "int8", quantization=quant))
+    return {"opset": ctx.options.opset, **quant, "pre_processed": True, "calibration": facts}
 
 
-def check_parity(path: Path, pixels, reference, split: str, budget: dict) -> dict:
-    """Run the exported file through the runtime and compare with the Keras probabilities."""
-    from graft.runtime.engines import open_engine
+class CalibrationReader:
+    """onnxruntime CalibrationDataReader over runtime-preprocessed pixels (float32 0..255)."""
 
-    engine = open_engine(path, device="cpu")
-    candidate = engine.run(pixels)
-    result = verify.compare(reference, candidate)
-    return {"reference": "keras", "split": split, **result, "budget": dict(budget),
-            "passed": verify.within(result, budget)}
+    def __init__(self, pixels, input_name: str, batch: int = 1):
+        # One image per batch: the histogram calibrators (entropy, percentile) stack
+        # batches and fail when the last one is shorter.
+        self.batches = [pixels[i:i + batch].astype("float32") for i in range(0, len(pixels), batch)]
+        self.input_name = input_name
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return {self.input_name: self.batches[self.position - 1]}
+
+    def rewind(self):
+        self.position = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = self.get_next()
+        if batch is None:
+            raise StopIteration
+        return batch
+
+
+def preprocess_for_quantization(source: Path, out: Path) -> None:
+    """onnxruntime's quantization pre-processing: symbolic shape inference + graph optimisation."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(source), str(out), skip_symbolic_shape=False)
+    except Exception as exc:
+        raise ExportError(f"onnxruntime quantization pre-processing failed: "
+                          f"{str(exc).splitlines()[0][:300]}") from None
+
+
+def _restamp(ctx, path: Path, export: dict) -> None:
+    """Re-embed the manifest (quantizers drop or keep metadata inconsistently) and check."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    embed_manifest(proto, ctx.manifest, export)
+    save_checked(proto, path)
+
+
+def _quiet_ort_logging() -> None:
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs via the root logger
+
+
+def node_names(path: Path) -> list[str]:
+    import onnx
+
+    return [node.name for node in onnx.load(str(path)).graph.node]

@@ -75,11 +75,11 @@ def _lower_priority() -> None:
 
 
 def load_classifier(model: str | os.PathLike, device: str = "auto",
-                    model_threads: int | None = None) -> Classifier:
+                    model_threads: int | None = None, artifact: str | None = None) -> Classifier:
     """``Classifier.load`` tuned for a pipelined job (no spinning model threads)."""
-    model_file, _, _ = resolve_model_file(model)
+    model_file, _, _ = resolve_model_file(model, artifact)
     onnx = model_file.suffix.lower() == ".onnx"
-    return Classifier.load(model, device=device, threads=model_threads,
+    return Classifier.load(model, device=device, threads=model_threads, artifact=artifact,
                            engine_options={"session_config": NO_SPINNING} if onnx else None)
 
 
@@ -123,14 +123,15 @@ def _one_line(message: str) -> str:
 def iter_predictions(model: Classifier | str | os.PathLike, inputs: Iterable[str | os.PathLike], *,
                      top_k: int = 3, batch_size: int = 32, threads: int | None = None,
                      device: str = "auto", model_threads: int | None = None,
-                     expand: bool = True) -> Iterator[Result]:
+                     artifact: str | None = None, expand: bool = True) -> Iterator[Result]:
     """Yield one Result per input image, in input order, decoding ahead in threads.
 
     ``model`` is a Classifier or a path for ``Classifier.load``; ``inputs`` are
     files, directories, globs or list files (``expand=False``: plain paths).
     """
     _check_sizes(batch_size, threads)
-    clf = model if isinstance(model, Classifier) else load_classifier(model, device, model_threads)
+    clf = model if isinstance(model, Classifier) else load_classifier(model, device, model_threads,
+                                                                      artifact)
     paths = expand_inputs(inputs) if expand else [str(p) for p in inputs]
     pool = decode_pool(threads)
     pending: deque[tuple[list[str], list[Future]]] = deque()
@@ -160,7 +161,7 @@ def _check_sizes(batch_size: int, threads: int | None) -> None:
 # ------------------------------------------------------------------------ job
 def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], output: str | os.PathLike, *,
             top_k: int = 3, batch_size: int = 32, threads: int | None = None,
-            device: str = "auto", model_threads: int | None = None,
+            device: str = "auto", model_threads: int | None = None, artifact: str | None = None,
             resume: bool = False, overwrite: bool = False, chunk_rows: int | None = None,
             engine: str = "local", address: str | None = None, num_cpus: int | None = None,
             actors: int | None = None, progress: bool = False) -> JobSummary:
@@ -176,7 +177,7 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
     _check_sizes(batch_size, threads)
     fmt = output_format(output)
     chunk_rows = chunk_rows or (batch_size * 16 if fmt == "parquet" else batch_size)
-    clf = load_classifier(model, device, model_threads)  # fail before any output
+    clf = load_classifier(model, device, model_threads, artifact)  # fail before any output
     paths = expand_inputs(inputs)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -190,7 +191,7 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
             from graft.runtime.ray_job import iter_ray_predictions
 
             results = iter_ray_predictions(model, todo, top_k=top_k, batch_size=batch_size,
-                                           threads=threads, device=device,
+                                           threads=threads, device=device, artifact=artifact,
                                            model_threads=model_threads, actors=actors)
         else:
             results = iter_predictions(clf, todo, top_k=top_k, batch_size=batch_size,

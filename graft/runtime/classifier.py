@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
@@ -18,6 +19,10 @@ from graft.bundle import find_export, is_bundle, read_manifest
 from graft.errors import BundleError, GraftError, IntegrityError
 from graft.runtime.engines import Engine, open_engine
 from graft.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageSource, load_batch
+
+
+class FlaggedExportWarning(UserWarning):
+    """The chosen export broke its verification budget when it was checked."""
 
 
 class Prediction(NamedTuple):
@@ -44,6 +49,10 @@ def resolve_model_file(path: str | os.PathLike, artifact: str | None = None) -> 
             have = ", ".join(f"{r['format']}:{r['precision']}" for r in manifest.get("exports", [])) or "none"
             raise BundleError(f"{path}: no {fmt}:{precision} export (exports: {have}); "
                               f"run `graft export {path} --format {fmt}`")
+        if row.get("status") == "flagged":
+            warnings.warn(f"{path}: the {fmt}:{precision} export is flagged in graft.json "
+                          f"({row.get('flagged', 'it broke its verification budget')})",
+                          FlaggedExportWarning, stacklevel=3)
         return path / row["path"], manifest, row.get("sha256")
     if not path.exists():
         raise BundleError(f"{path}: no such model file or bundle")

@@ -30,10 +30,10 @@ class BatchPredictor:
     """The stateful ``map_batches`` callable: one Classifier and decode pool per actor."""
 
     def __init__(self, model: str, top_k: int, device: str, threads: int | None,
-                 model_threads: int | None):
+                 model_threads: int | None, artifact: str | None = None):
         from graft.runtime.batch import decode_pool, load_classifier
 
-        self.clf = load_classifier(model, device, model_threads)
+        self.clf = load_classifier(model, device, model_threads, artifact)
         self.top_k = top_k
         self.pool = decode_pool(threads)
 
@@ -60,7 +60,8 @@ def _own_path(error: str, file: str, path: str) -> str:
 
 def iter_ray_predictions(model: str | os.PathLike, paths: Sequence[str], *, top_k: int = 3,
                          batch_size: int = 32, threads: int | None = None, device: str = "auto",
-                         model_threads: int | None = None, address: str | None = None,
+                         model_threads: int | None = None, artifact: str | None = None,
+                         address: str | None = None,
                          num_cpus: int | None = None, actors: int | None = None) -> Iterator[Result]:
     """Yield one Result per path, in order, computed on Ray Data."""
     if not paths:
@@ -77,7 +78,8 @@ def iter_ray_predictions(model: str | os.PathLike, paths: Sequence[str], *, top_
             BatchPredictor, batch_size=batch_size, batch_format="pyarrow",
             concurrency=actors or _default_actors(ray), num_cpus=1,
             fn_constructor_kwargs={"model": os.path.abspath(model), "top_k": top_k, "device": device,
-                                   "threads": threads, "model_threads": model_threads})
+                                   "threads": threads, "model_threads": model_threads,
+                                   "artifact": artifact})
         for table in predicted.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
             for row in table.to_pylist():
                 yield Result(row["path"], tuple(row["labels"]), tuple(row["scores"]), row["error"])

@@ -1,0 +1,73 @@
+"""The one table of export targets: format x precision -> file name, exporter, budget.
+
+Everything that loops over exports (``graft export``, ``graft verify``, the
+tests) loops over ``TARGETS``; adding a row here is how a format or precision
+is added.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from graft.errors import GraftError
+
+FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
+PRECISIONS = ("float32", "float16", "dynamic", "int8")
+# --quantize spelling -> precision
+QUANTIZE = {"none": "float32", "fp16": "float16", "dynamic": "dynamic", "int8": "int8"}
+
+
+@dataclass(frozen=True)
+class Target:
+    format: str
+    precision: str
+    budget: str            # which budget family applies: float32, float16 or int8
+    exporter: str          # "module:function", imported only when used
+
+    @property
+    def key(self) -> str:
+        return f"{self.format}:{self.precision}"
+
+    @property
+    def filename(self) -> str:
+        return f"model.{self.precision}{FORMATS[self.format]}"
+
+    def load(self) -> Callable:
+        module, _, name = self.exporter.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_BUDGET = {"float32": "float32", "float16": "float16", "dynamic": "int8", "int8": "int8"}
+
+TARGETS: dict[tuple[str, str], Target] = {
+    (fmt, precision): Target(fmt, precision, _BUDGET[precision],
+                             f"graft.exporters.{fmt}:export_{precision}")
+    for fmt in FORMATS for precision in PRECISIONS
+}
+
+
+def select(formats: str | list[str] = "all", quantize: str | list[str] = "all") -> list[Target]:
+    """Targets for ``--format`` and ``--quantize`` values (each a name, a list or 'all')."""
+    fmts = _expand(formats, list(FORMATS), "--format")
+    precisions = [QUANTIZE[q] for q in _expand(quantize, list(QUANTIZE), "--quantize")]
+    return [TARGETS[(f, p)] for f in fmts for p in precisions if (f, p) in TARGETS]
+
+
+def _expand(value, allowed: list[str], flag: str) -> list[str]:
+    names = [value] if isinstance(value, str) else list(value)
+    if "all" in names:
+        return list(allowed)
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise GraftError(f"{flag} {bad[0]!r} is not known; allowed: {', '.join(allowed)}, all")
+    return list(dict.fromkeys(names))
+
+
+def target_of(row: dict) -> Target:
+    key = (row.get("format"), row.get("precision"))
+    if key not in TARGETS:
+        raise GraftError(f"export {row.get('path')!r} has unknown format:precision "
+                         f"{key[0]}:{key[1]}; allowed: {', '.join(t.key for t in TARGETS.values())}")
+    return TARGETS[key]

@@ -1,0 +1,62 @@
+"""Calibration data: class-balanced from the training split, through the runtime's preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_models import copy_bundle
+from graft import bundle
+from graft.errors import GraftError
+from graft.exporters import registry
+from graft.exporters.export import export_bundle
+from graft.exporters.quantize import ExportOptions, calibration_rows, calibration_set, for_int8
+
+
+def rows(counts: dict, split: str = "train") -> list[dict]:
+    return [{"label": label, "split": split, "path": f"{label}/{i}.png"}
+            for label, n in counts.items() for i in range(n)]
+
+
+def test_calibration_takes_classes_in_turn():
+    samples = rows({"a": 50, "b": 3, "c": 20}) + rows({"a": 9}, split="test")
+    chosen = calibration_rows(samples, 20, seed=0)
+    counts = {label: sum(r["label"] == label for r in chosen) for label in "abc"}
+    assert counts == {"a": 9, "b": 3, "c": 8}  # b runs out; a and c share the rest
+    assert all(r["split"] == "train" for r in chosen)
+    assert chosen == calibration_rows(samples, 20, seed=0)  # reproducible
+    assert chosen != calibration_rows(samples, 20, seed=1)
+
+
+def test_calibration_set_uses_runtime_preprocessing(edge_bundle):
+    from graft.exporters.verify import read_splits
+    from graft.runtime.preprocess import load_pixels
+
+    pixels, facts = calibration_set(edge_bundle, 12)
+    manifest = bundle.read_manifest(edge_bundle)
+    assert pixels.dtype == np.uint8 and pixels.shape == (12, *manifest["preprocessing"]["size"], 3)
+    assert facts["per_class"] == {"blue": 4, "green": 4, "red": 4} and facts["split"] == "train"
+    first = calibration_rows(read_splits(edge_bundle)["samples"], 12)[0]
+    np.testing.assert_array_equal(pixels[0], load_pixels(first["file"], manifest["preprocessing"]))
+
+
+def test_calibration_method_is_applied_and_recorded(edge_bundle, tmp_path):
+    files = {}
+    for method in ("minmax", "percentile"):
+        out = copy_bundle(edge_bundle, tmp_path / method)
+        export_bundle(out, [registry.TARGETS[("onnx", "int8")]],
+                      for_int8(calibration_size=30, calibration_method=method))
+        row = bundle.find_export(bundle.read_manifest(out), "onnx", "int8")
+        assert row["options"]["calibration_method"] == method and row["status"] == "ok"
+        files[method] = row["sha256"]
+    assert files["minmax"] != files["percentile"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("calibration_method", "kl", "--calibration-method 'kl' is not known; allowed: minmax, entropy, percentile"),
+    ("io_dtype", "int16", "--io-dtype 'int16' is not known; allowed: float32, int8, uint8"),
+    ("calibration_size", 0, "--calibration-size must be a positive integer; received 0"),
+])
+def test_bad_options_are_refused(field, value, message):
+    with pytest.raises(GraftError, match=message):
+        ExportOptions(**{field: value}).check()

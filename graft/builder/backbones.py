@@ -136,7 +136,7 @@ def _from_source_model(path: Path, weights: str | None, image_size: int | None,
                             f"--image-size {image_size} does not match (omit it)")
     if height != width:
         raise BackboneError(f"{path}: non-square inputs ({height}x{width}) are not supported")
-    inner = keras.Model(source.inputs, layer.output, name="source_cut")
+    inner = keras.Model(source.inputs, _output_in(source, layer), name="source_cut")
     inputs = keras.Input((height, width, 3), name="pixels")
     features = inner(inputs, training=False)
     if len(features.shape) == 4:
@@ -166,6 +166,19 @@ def _cut(source, cut_layer: str | None, path: Path):
     if len(source.layers) >= 2:
         return source.layers[-2]  # the layer feeding the old classifier
     raise BackboneError(f"{path}: cannot find a feature layer; pass --cut-layer")
+
+
+def _output_in(source, layer):
+    """The layer's output tensor in ``source``'s graph.
+
+    For a nested model used as a layer (a keras.applications backbone inside the
+    source model), ``layer.output`` is the nested model's own output, not
+    connected to ``source.inputs``; its call node in ``source`` holds the right one.
+    """
+    nodes = getattr(layer, "_inbound_nodes", None)
+    if nodes and hasattr(layer, "layers"):
+        return nodes[-1].output_tensors[0]
+    return layer.output
 
 
 def _load_weights_file(model, weights: str) -> None:

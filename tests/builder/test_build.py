@@ -155,3 +155,20 @@ def test_imagenet_download_failure_names_the_alternatives(monkeypatch):
     monkeypatch.setattr(file_utils, "get_file", offline)
     with pytest.raises(WeightsError, match=r"could not download.*--weights FILE.*--weights none"):
         load_backbone("mobilenet_v2", weights="imagenet", image_size=128)
+
+
+def test_source_model_with_a_nested_backbone(tmp_path):
+    """A keras.applications backbone inside the source model (a layer of its own) is cut after it."""
+    import keras
+
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3),
+                                          pooling="avg")
+    inputs = keras.Input((32, 32, 3))
+    features = base(keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs))
+    source = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(features))
+    source.save(tmp_path / "nested.keras")
+    backbone = load_backbone(str(tmp_path / "nested.keras"))
+    assert backbone.info["cut_layer"] == base.name and backbone.info["feature_dim"] == 1280
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(backbone.model.predict(pixels, verbose=0),
+                               base.predict(pixels / 127.5 - 1, verbose=0), atol=1e-5)

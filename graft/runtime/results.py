@@ -100,12 +100,21 @@ def _walk(directory: Path) -> Iterator[str]:
                 yield os.path.join(root, name)
 
 
+def _lines(text: str) -> list[str]:
+    """Records split on newlines only: str.splitlines() would also split inside a path
+    holding U+2028, U+0085 and the like, which JSON writes unescaped."""
+    return [line for line in text.split("\n") if line]
+
+
 def _read_list(path: Path) -> Iterator[str]:
-    """A .txt (one path per line) or .csv (path in the first column, optional header)."""
+    """A .txt (one path per line, taken as it is) or .csv (path in the first column, optional header)."""
     with open(path, newline="", **_ENCODING) as fh:
-        for row in csv.reader(fh):
-            entry = row[0].strip() if row else ""
-            if not entry or entry.lower() == "path":
+        if path.suffix.lower() == ".csv":
+            entries = (row[0].strip() if row else "" for row in csv.reader(fh))
+        else:  # commas and quotes are legal in file names
+            entries = (line.rstrip("\r\n") for line in fh)
+        for entry in entries:
+            if not entry.strip() or entry.strip().lower() == "path":
                 continue
             yield entry if os.path.isabs(entry) else os.path.join(path.parent, entry)
 
@@ -290,7 +299,7 @@ def _parse_csv(data: bytes, path: Path) -> list[tuple[str, bool]] | None:
 
 def _parse_jsonl(data: bytes, path: Path) -> list[tuple[str, bool]]:
     rows = []
-    for number, line in enumerate(data.decode(**_ENCODING).splitlines(), start=1):
+    for number, line in enumerate(_lines(data.decode(**_ENCODING)), start=1):
         try:
             record = json.loads(line)
             rows.append((record["path"], bool(record["error"])))
@@ -387,7 +396,7 @@ def read_results(output: str | os.PathLike) -> list[Result]:
         data = Path(output).read_bytes()
         text = data[:_complete_end(data, quoted=fmt == "csv")].decode(**_ENCODING)
         if fmt == "jsonl":
-            rows = [json.loads(line) for line in text.splitlines()]
+            rows = [json.loads(line) for line in _lines(text)]
         else:
             rows = [{"path": r["path"], "labels": [x for x in r["labels"].split("|") if x],
                      "scores": [float(x) for x in r["scores"].split("|") if x], "error": r["error"]}

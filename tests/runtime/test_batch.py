@@ -279,3 +279,30 @@ def test_unreachable_ray_address_is_a_one_line_error(color_onnx, mixed, tmp_path
     assert result.exit_code == 2
     assert result.output.startswith("error: cannot reach a Ray cluster at 127.0.0.1:1")
     assert not out.exists()
+
+
+def test_txt_lists_take_each_line_as_a_path(color_onnx, tmp_path):
+    odd = solid_image(tmp_path / 'photo, "beach".png', "blue")
+    (tmp_path / "list.txt").write_text(f"{odd.name}\n")
+    assert expand_inputs([str(tmp_path / "list.txt")]) == [str(odd)]
+    (row,) = list(iter_predictions(color_onnx, [str(tmp_path / "list.txt")], top_k=1))
+    assert row.error == "" and row.labels == ("blue",)
+
+
+def test_jsonl_resume_with_unicode_line_separators_in_paths(color_onnx, tmp_path):
+    odd = solid_image(tmp_path / "a\u2028b\u0085c.png", "red")
+    plain = solid_image(tmp_path / "plain.png", "green")
+    out = tmp_path / "out.jsonl"
+    run_job(color_onnx, [str(odd)], out, top_k=1)
+    summary = run_job(color_onnx, [str(odd), str(plain)], out, top_k=1, resume=True)
+    assert summary.resumed == 1 and summary.ok == 1
+    assert sorted(r.path for r in read_results(out)) == sorted([str(odd), str(plain)])
+
+
+def test_unwritable_output_is_one_line(color_onnx, mixed, tmp_path):
+    folder, _, _ = mixed
+    (tmp_path / "a-file").write_text("not a folder")
+    result = CliRunner().invoke(cli, ["predict", str(color_onnx), str(folder),
+                                      "-o", str(tmp_path / "a-file" / "out.csv")])
+    assert result.exit_code == 2 and result.output.startswith("error: ")
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output

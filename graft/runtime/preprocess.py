@@ -83,8 +83,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         pixels = np.asarray(image, dtype=np.float64)
-        if mode != "F" and pixels.max(initial=0) > 255:
-            pixels = pixels / 257.0  # 16-bit range onto 8-bit
+        # 16-bit modes map 0..65535 onto 0..255. Mode "I" (32-bit) does not say
+        # its range: Pillow opens 16-bit PNGs as "I", so treat values over 255 as 16-bit.
+        if mode.startswith("I;16") or (mode == "I" and pixels.max(initial=0) > 255):
+            pixels = pixels / 257.0
         gray = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     if mode in ("P", "PA", "LA", "RGBa", "La") or "transparency" in image.info:

@@ -109,3 +109,8 @@ def test_large_jpeg_uses_draft_and_still_hits_exact_size():
     pixels = load_batch([data, data], preprocessing_contract(32, 32))
     assert pixels.shape == (2, 32, 32, 3)
     assert pixels[..., 1].mean() > 180
+
+
+def test_dark_16_bit_images_stay_dark():
+    pixels = load_pixels(Image.new("I;16", (4, 4), 200), CONTRACT)
+    assert int(pixels.max()) <= 1  # 200 of 65535, not 200 of 255

@@ -9,7 +9,7 @@ import warnings
 
 import click
 
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logs, when a command loads it
 
@@ -22,11 +22,27 @@ class GraftGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except GraftError as exc:
+        except (GraftError, OSError, ImportError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            click.echo(f"error: {_one_line(exc)}", err=True)
+            sys.exit(exc.exit_code if isinstance(exc, GraftError) else 2)
+
+
+_EXTRAS = {"tensorflow": "build", "keras": "build", "tf2onnx": "build", "onnx": "build",
+           "sklearn": "build", "ai_edge_litert": "litert", "starlette": "serve", "uvicorn": "serve",
+           "prometheus_client": "serve", "multipart": "serve", "ray": "ray", "pyarrow": "parquet"}
+
+
+def _one_line(exc: BaseException) -> str:
+    """GraftErrors say it all; a missing extra or an OS error gets what to do."""
+    if isinstance(exc, ImportError) and not isinstance(exc, GraftError):
+        module = (exc.name or "").split(".")[0]
+        if module in _EXTRAS:
+            return f"this command needs {module}, which is not installed; pip install 'graft[{_EXTRAS[module]}]'"
+    if isinstance(exc, OSError) and not isinstance(exc, GraftError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or first_line(exc)}"
+    return first_line(exc, limit=2000)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -92,7 +108,7 @@ def _print_build_summary(out: str, manifest: dict) -> None:
                " ".join(f"{k}={v}" for k, v in dataset["split_counts"].items()))
     for row in dataset["skipped"][:20]:
         click.echo(f"  skipped {row['path']}: {row['reason']}")
-    if "accuracy" in metrics:
+    if metrics.get("accuracy") is not None:
         click.echo(f"test accuracy: {metrics['accuracy']:.4f} on {metrics['count']} images")
 
 

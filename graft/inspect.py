@@ -56,6 +56,6 @@ def _describe_manifest(manifest: dict) -> list[str]:
         + (f" weights {weights.get('source')} sha256 {str(weights.get('sha256', ''))[:12]}" if weights else ""),
         f"created: {manifest.get('created', '?')}  graft {manifest.get('graft_version', '?')}",
     ]
-    if "metrics" in manifest and "accuracy" in manifest["metrics"]:
+    if manifest.get("metrics", {}).get("accuracy") is not None:
         lines.append(f"test accuracy: {manifest['metrics']['accuracy']:.4f}")
     return lines

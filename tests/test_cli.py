@@ -84,3 +84,19 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_usage_errors_exit_2():
     assert invoke("build").exit_code == 2
     assert invoke("predict", "--top-k", 0, "m", "x").exit_code == 2
+
+
+def test_build_without_a_test_split_and_readable_bundle_files(tmp_path, dataset, source_model):
+    import os
+    import stat
+
+    out = tmp_path / "bundle"
+    result = invoke("build", dataset, "-o", out, "--backbone", source_model, "--epochs", 2,
+                    "--test-split", 0, "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" not in result.output
+    assert invoke("inspect", out).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("graft.json", "model.keras", "splits.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask

@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graft.errors import BackboneError, WeightsError
+from graft.errors import BackboneError, WeightsError, first_line
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def _from_source_model(path: Path, weights: str | None, image_size: int | None,
     try:
         source = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:
-        raise BackboneError(f"{path}: cannot load the source model ({str(exc).splitlines()[0][:200]})") from None
+        raise BackboneError(f"{path}: cannot load the source model ({first_line(exc, 200)})") from None
     if weights == "imagenet":
         raise WeightsError(f"{path}: --weights imagenet applies to registered backbones; a source "
                            "model brings its own weights (omit --weights, or pass --weights FILE)")
@@ -190,7 +190,7 @@ def _load_weights_file(model, weights: str) -> None:
         model.load_weights(str(path))
     except Exception as exc:
         raise WeightsError(f"{path}: cannot load these weights into the backbone "
-                           f"({str(exc).splitlines()[0][:200]})") from None
+                           f"({first_line(exc, 200)})") from None
 
 
 def weights_sha256(model) -> str:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from graft import bundle
-from graft.errors import ExportError
+from graft.errors import ExportError, first_line
 
 DEFAULT_OPSET = 17
 
@@ -26,7 +26,7 @@ def convert(model, size: int, opset: int = DEFAULT_OPSET):
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
     except Exception as exc:
         raise ExportError(f"tf2onnx could not convert the model at opset {opset}: "
-                          f"{str(exc).splitlines()[0][:300]}") from None
+                          f"{first_line(exc, 300)}") from None
     return proto
 
 
@@ -120,7 +120,7 @@ def export_int8(ctx, out: Path) -> dict:
                         extra_options={"CalibPercentile": 99.999})
     except Exception as exc:
         raise ExportError(f"onnxruntime could not quantize the model to int8: "
-                          f"{str(exc).splitlines()[0][:300]}") from None
+                          f"{first_line(exc, 300)}") from None
     quant = {"activations": "uint8 per-tensor (asymmetric)", "weights": "int8 per-channel (symmetric)",
              "format": "QDQ", "calibration_method": ctx.options.calibration_method,
              "excluded_nodes": excluded}
@@ -165,7 +165,7 @@ def preprocess_for_quantization(source: Path, out: Path) -> None:
         quant_pre_process(str(source), str(out), skip_symbolic_shape=False)
     except Exception as exc:
         raise ExportError(f"onnxruntime quantization pre-processing failed: "
-                          f"{str(exc).splitlines()[0][:300]}") from None
+                          f"{first_line(exc, 300)}") from None
 
 
 def _restamp(ctx, path: Path, export: dict) -> None:

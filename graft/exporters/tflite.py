@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from graft import bundle
-from graft.errors import ExportError
+from graft.errors import ExportError, first_line
 
 
 def converter(model, size: int):
@@ -48,7 +48,7 @@ def _convert(conv, what: str) -> bytes:
         return bytes(conv.convert())
     except Exception as exc:
         raise ExportError(f"the TFLite converter could not produce the {what} model: "
-                          f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}") from None
+                          f"{first_line(exc, 300)}") from None
 
 
 def int8_converter(ctx, io_dtype: str, allow_float: bool = False):
@@ -97,7 +97,10 @@ def export_int8(ctx, out: Path) -> dict:
     io_dtype = ctx.options.io_dtype
     excluded = list(ctx.exclude_nodes("tflite"))
     if excluded:
-        data = _debugger_model(ctx, io_dtype, excluded)
+        # The QuantizationDebugger converts with float32 I/O whatever --io-dtype says;
+        # record what the file really takes (the runtime scales either way).
+        io_dtype = "float32"
+        data = _debugger_model(ctx, excluded)
         _check_names(data, excluded)
     else:
         data = _convert(int8_converter(ctx, io_dtype), "int8")
@@ -108,7 +111,7 @@ def export_int8(ctx, out: Path) -> dict:
     return {"dynamic_batch": True, "io_dtype": io_dtype, **quant, "calibration": facts}
 
 
-def _debugger_model(ctx, io_dtype: str, denylist: list[str]) -> bytes:
+def _debugger_model(ctx, denylist: list[str]) -> bytes:
     import tensorflow as tf
 
     pixels, _ = ctx.calibration()
@@ -120,7 +123,7 @@ def _debugger_model(ctx, io_dtype: str, denylist: list[str]) -> bytes:
         return bytes(debugger.get_nondebug_quantized_model())
     except Exception as exc:
         raise ExportError(f"the TFLite converter could not keep {', '.join(denylist)} in float: "
-                          f"{str(exc).strip().splitlines()[0][:300]}") from None
+                          f"{first_line(exc, 300)}") from None
 
 
 def _check_names(data: bytes, names: list[str]) -> None:

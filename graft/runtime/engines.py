@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from graft.bundle import METADATA_KEY, parse_manifest
-from graft.errors import BundleError, DeviceError
+from graft.errors import BundleError, DeviceError, first_line
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 _CPU = "CPUExecutionProvider"
@@ -82,7 +82,7 @@ class OnnxEngine(Engine):
         try:
             self.session = ort.InferenceSession(data, sess_options=options, providers=requested)
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise BundleError(f"{self.path}: not a loadable ONNX model ({first[:200]})") from None
         self.providers = self.session.get_providers()
         self.device = _PROVIDER_DEVICE.get(self.providers[0], self.providers[0])

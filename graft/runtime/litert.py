@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from graft.bundle import METADATA_KEY, parse_manifest
-from graft.errors import BundleError, DeviceError
+from graft.errors import BundleError, DeviceError, first_line
 from graft.runtime.engines import ENGINES, Engine, _read
 
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402  (ImportError: graft[litert] missing)
@@ -53,7 +53,7 @@ class LiteRTEngine(Engine):
                 state.interpreter = Interpreter(model_content=self.data, num_threads=self.threads)
                 state.interpreter.allocate_tensors()
             except (ValueError, RuntimeError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise BundleError(f"{self.path}: not a loadable TFLite model ({first[:200]})") from None
             state.batch = int(state.interpreter.get_input_details()[0]["shape"][0])
         return state.interpreter

@@ -18,7 +18,7 @@ import contextlib
 import os
 from typing import Iterator, Sequence
 
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.runtime.results import Result
 
 
@@ -118,7 +118,7 @@ def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
             ray.init(num_cpus=num_cpus, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray"
-        raise RayError(f"cannot start or join {where} ({str(exc).splitlines()[0][:200]}); "
+        raise RayError(f"cannot start or join {where} ({first_line(exc, 200)}); "
                        "check --address, or leave it out to start a local Ray") from None
     return True
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from graft import bundle
 from graft.errors import ExportError, GraftError
-from graft.runtime.preprocess import load_pixels
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 IO_DTYPES = ("float32", "int8", "uint8")
@@ -82,23 +81,17 @@ def calibration_rows(samples: list[dict], size: int, seed: int = 0) -> list[dict
 def calibration_set(bundle_dir: str | Path, size: int = 200, seed: int = 0,
                     data_root: str | None = None) -> tuple[np.ndarray, dict]:
     """uint8 calibration pixels (N, H, W, 3) and the facts recorded about them."""
-    from graft.exporters.verify import read_splits
+    from graft.exporters.verify import load_rows, read_splits
 
     manifest = bundle.read_manifest(bundle_dir)
     rows = calibration_rows(read_splits(bundle_dir)["samples"], size, seed)
     if not rows:
         raise ExportError(f"{bundle_dir}: the training split lists no images to calibrate with; "
                           "rebuild the bundle with more data")
-    pixels = []
-    for row in rows:
-        path = Path(data_root, row["path"]) if data_root else Path(row["file"])
-        if not path.is_file():
-            raise ExportError(f"{path}: calibration image of the bundle is missing; if the dataset "
-                              "moved, pass --data DATA (its new root)")
-        pixels.append(load_pixels(path, manifest["preprocessing"]))
+    pixels = load_rows(rows, manifest, data_root, "calibration image")
     per_class: dict[str, int] = {}
     for row in rows:
         per_class[row["label"]] = per_class.get(row["label"], 0) + 1
     facts = {"split": "train", "images": len(rows), "requested": size, "per_class": per_class,
              "seed": seed, "preprocessing": "graft.runtime.preprocess.load_pixels"}
-    return np.stack(pixels), facts
+    return pixels, facts

@@ -31,8 +31,6 @@ def load_split(bundle_dir: str | Path, split: str = "test", data_root: str | Pat
     Falls back to the validation split, then the training split, when a split is
     empty (tiny datasets). Returns the split actually used.
     """
-    from graft.runtime.preprocess import load_pixels
-
     manifest = bundle.read_manifest(bundle_dir)
     rows = read_splits(bundle_dir)
     order = [split] + [s for s in ("test", "val", "train") if s != split]
@@ -44,16 +42,22 @@ def load_split(bundle_dir: str | Path, split: str = "test", data_root: str | Pat
         raise ExportError(f"{bundle_dir}: splits.json lists no images")
     if limit:
         chosen = chosen[:limit]
-    labels = manifest["labels"]
-    pixels, y = [], []
-    for row in chosen:
+    y = np.array([manifest["labels"].index(row["label"]) for row in chosen])
+    return load_rows(chosen, manifest, data_root, f"{name} image"), y, name
+
+
+def load_rows(rows: list[dict], manifest: dict, data_root: str | Path | None, what: str) -> np.ndarray:
+    """uint8 pixels (N, H, W, 3) of splits.json rows, through the runtime's preprocessing."""
+    from graft.runtime.preprocess import load_pixels
+
+    pixels = []
+    for row in rows:
         path = Path(data_root, row["path"]) if data_root else Path(row["file"])
         if not path.is_file():
-            raise ExportError(f"{path}: {name} image of the bundle is missing; if the dataset moved, "
+            raise ExportError(f"{path}: {what} of the bundle is missing; if the dataset moved, "
                               "pass --data DATA (its new root)")
         pixels.append(load_pixels(path, manifest["preprocessing"]))
-        y.append(labels.index(row["label"]))
-    return np.stack(pixels), np.array(y), name
+    return np.stack(pixels)
 
 
 def read_splits(bundle_dir) -> dict:

@@ -113,7 +113,7 @@ def _parse_inputs(inputs: object, binary: bytes, entry: ModelEntry, request: Inf
                          f"the model's input is {entry.input_name!r}")
     datatype = tensor.get("datatype")
     shape = _shape(tensor.get("shape"), name)
-    params = _object(tensor.get("parameters"), f"inputs[0].parameters")
+    params = _object(tensor.get("parameters"), "inputs[0].parameters")
     size = _optional_int(params.get("binary_data_size"), "inputs[0].parameters.binary_data_size", 0)
     if size is not None and size != len(binary):
         raise BadRequest(f"input {name!r}: binary_data_size is {size} but {len(binary)} bytes "

@@ -111,12 +111,17 @@ def load_repository(path: str | Path, device: str = "auto", threads: int | None 
     models: dict[str, dict[str, ModelEntry]] = {}
     for model_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         name = _model_name(model_dir.name, model_dir.name, model_dir)
-        versions = {v.name: v for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit()}
+        versions: dict[str, Path] = {}
+        for folder in sorted(v for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit()):
+            version = str(int(folder.name))
+            if version in versions:
+                raise BundleError(f"{folder}: version {version} is also {versions[version]}; "
+                                  "keep one folder per version")
+            versions[version] = folder
         if not versions:
             raise BundleError(f"{model_dir}: a model folder needs version folders such as "
                               f"{model_dir.name}/1/ holding a bundle or a .onnx file")
-        models[name] = {str(int(v)): ModelEntry(name, str(int(v)), load(_version_model(d)))
-                        for v, d in versions.items()}
+        models[name] = {v: ModelEntry(name, v, load(_version_model(d))) for v, d in versions.items()}
     return Repository(models)
 
 

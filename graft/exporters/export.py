@@ -108,6 +108,9 @@ def export_bundle(bundle_dir: str | Path, targets: list[registry.Target],
     try:
         held_out = _held_out(ctx) if verify_exports else None
         for target in targets:
+            # The old file and its row go first: a row must never vouch for bytes it did not
+            # check, and an interrupted run must leave no stale pairing behind.
+            _forget(bundle_dir, bundle_dir / bundle.EXPORTS_DIR / target.filename)
             row = export_one(ctx, target, held_out, budgets)
             if row["status"] == "flagged" and target.precision == "int8":
                 row = _debug_int8(ctx, target, row, held_out, budgets, echo)

@@ -17,6 +17,7 @@ import contextlib
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from graft.errors import GraftError
-from graft.runtime.classifier import Classifier, resolve_model_file
+from graft.runtime.classifier import Classifier, FlaggedExportWarning, resolve_model_file
 from graft.runtime.preprocess import load_pixels
 from graft.runtime.results import Result, chunked, expand_inputs, open_output, output_format
 
@@ -77,7 +78,9 @@ def _lower_priority() -> None:
 def load_classifier(model: str | os.PathLike, device: str = "auto",
                     model_threads: int | None = None, artifact: str | None = None) -> Classifier:
     """``Classifier.load`` tuned for a pipelined job (no spinning model threads)."""
-    model_file, _, _ = resolve_model_file(model, artifact)
+    with warnings.catch_warnings():  # Classifier.load below warns about a flagged export once
+        warnings.simplefilter("ignore", FlaggedExportWarning)
+        model_file, _, _ = resolve_model_file(model, artifact)
     onnx = model_file.suffix.lower() == ".onnx"
     return Classifier.load(model, device=device, threads=model_threads, artifact=artifact,
                            engine_options={"session_config": NO_SPINNING} if onnx else None)

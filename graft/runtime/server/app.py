@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import contextlib
 import functools
 import json
@@ -213,6 +215,9 @@ class Server:
             error = as_server_error(exc)
             reason = error.reason
             return error_response(error)
+        except asyncio.CancelledError:  # the client went away mid-request: not a success
+            reason = "CANCELED"
+            raise
         except Exception:
             reason = "BACKEND"
             raise

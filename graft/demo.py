@@ -110,8 +110,9 @@ def run_demo(out: str | Path, echo: Callable[[str], None] = print) -> dict:
     classifier = Classifier.load(bundle_dir)
     import json
 
-    samples = [r for r in json.loads((bundle_dir / "splits.json").read_text())["samples"]
-               if r["split"] == "test"][:5]
+    test = [r for r in json.loads((bundle_dir / "splits.json").read_text())["samples"]
+            if r["split"] == "test"]
+    samples = list({r["label"]: r for r in reversed(test)}.values())[::-1]  # one per class
     for sample in samples:
         top = classifier.predict(Path(sample["file"]), top_k=1)[0]
         echo(f"      {sample['path']:<22} -> {top.label} ({top.score:.3f})")

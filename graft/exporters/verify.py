@@ -21,7 +21,6 @@ BUDGETS = {
     "float16": {"min_agreement": 0.995},
     "int8": {"min_agreement": 0.98, "max_accuracy_drop": 0.01},
 }
-FLOAT32_BUDGET = BUDGETS["float32"]
 
 
 def load_split(bundle_dir: str | Path, split: str = "test", data_root: str | Path | None = None,
@@ -111,10 +110,6 @@ def breaches(result: dict, budget: dict) -> list[str]:
     return found
 
 
-def within(result: dict, budget: dict) -> bool:
-    return not breaches(result, budget)
-
-
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return float((probs.argmax(1) == y).mean()) if len(y) else 0.0
 
@@ -136,9 +131,9 @@ def check_file(path: Path, pixels: np.ndarray, y: np.ndarray, reference: np.ndar
 
 
 def run_batched(engine, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
-    fixed = engine.input_shape[0] if engine.input_shape else None
-    step = fixed or batch
-    return np.concatenate([engine.run(pixels[i:i + step]) for i in range(0, len(pixels), step)])
+    from graft.runtime.engines import run_batched as chunks
+
+    return np.concatenate(chunks(engine, pixels, batch))
 
 
 # ------------------------------------------------------------------------ graft verify

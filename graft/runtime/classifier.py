@@ -17,7 +17,7 @@ from PIL import Image
 
 from graft.bundle import find_export, is_bundle, read_manifest
 from graft.errors import BundleError, GraftError, IntegrityError
-from graft.runtime.engines import Engine, open_engine
+from graft.runtime.engines import Engine, open_engine, run_batched
 from graft.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageSource, load_batch
 
 
@@ -119,9 +119,7 @@ class Classifier:
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
             raise GraftError(f"expected pixels shaped (N, {expected[0]}, {expected[1]}, 3); "
                              f"received {pixels.shape}")
-        fixed = self.engine.input_shape[0] if self.engine.input_shape else None
-        step = fixed or batch_size
-        outputs = [self.engine.run(pixels[i:i + step]) for i in range(0, len(pixels), step)]
+        outputs = run_batched(self.engine, pixels, batch_size)
         if not outputs:
             return np.zeros((0, len(self.labels)), np.float32)
         return np.concatenate(outputs)

@@ -8,7 +8,6 @@ the LiteRT engine when ``ai-edge-litert`` is installed.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -105,6 +104,13 @@ class OnnxEngine(Engine):
         return np.asarray(self.session.run(None, {self.input_name: feed})[0], dtype=np.float32)
 
 
+def run_batched(engine: Engine, pixels: np.ndarray, batch: int = 32) -> list[np.ndarray]:
+    """Run ``pixels`` through ``engine`` in chunks of ``batch`` (or the model's fixed batch)."""
+    fixed = engine.input_shape[0] if engine.input_shape else None
+    step = fixed or batch
+    return [engine.run(pixels[i:i + step]) for i in range(0, len(pixels), step)]
+
+
 def _read(path: Path) -> bytes:
     if not path.is_file():
         raise BundleError(f"{path}: no such model file")
@@ -132,6 +138,3 @@ def open_engine(path: str | os.PathLike, device: str = "auto", threads: int | No
     return ENGINES[suffix](path, device=device, threads=threads, model_bytes=model_bytes,
                            **engine_options)
 
-
-def manifest_json(manifest: dict) -> str:
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":"))

@@ -126,7 +126,7 @@ def bench_graft(model: Path, paths: list[str], out: Path, args) -> tuple[float, 
 def bench_model_only(model: Path, pixels: np.ndarray, args) -> tuple[float, float]:
     from graft.runtime.classifier import Classifier
 
-    clf = Classifier.load(model, device="cpu", threads=args.model_threads)
+    clf = Classifier.load(model, device="cpu", model_threads=args.model_threads)
     clf.predict_pixels(pixels[:args.batch_size], batch_size=args.batch_size)  # warm-up
     with Timer() as timer:
         probs = clf.predict_pixels(pixels, batch_size=args.batch_size)

@@ -149,7 +149,7 @@ def closed_loop(server: Server, body: bytes, concurrency: int, total: int) -> tu
 def in_process(model: Path, body: bytes, count: int, threads: int | None = None) -> np.ndarray:
     from graft.runtime.classifier import Classifier
 
-    clf = Classifier.load(model, threads=threads)
+    clf = Classifier.load(model, model_threads=threads)
     for _ in range(3):
         clf.predict(body, top_k=1)
     times = []
@@ -164,7 +164,7 @@ def batch_efficiency(model: Path, batch: int = 32, threads: int | None = None) -
     """In-process ms per image at batch 1 and at ``batch``: the most batching can win on this CPU."""
     from graft.runtime.classifier import Classifier
 
-    clf = Classifier.load(model, threads=threads)
+    clf = Classifier.load(model, model_threads=threads)
     height, width = clf.input_size
     pixels = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
     per_image = []

@@ -64,3 +64,19 @@ def built_bundle(tmp_path_factory, dataset, source_model):
                                             progress=False, cache_dir=str(cache)))
     export_onnx(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless system Chromium driven by Playwright; skipped when either is missing."""
+    import browser as support
+
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if support.chromium_path() is None:
+        pytest.skip("no Chromium binary (apt-get install chromium, or set GRAFT_CHROMIUM)")
+    with playwright_api.sync_playwright() as playwright:
+        chromium = support.launch(playwright)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -82,7 +82,7 @@ def load_classifier(model: str | os.PathLike, device: str = "auto",
         warnings.simplefilter("ignore", FlaggedExportWarning)
         model_file, _, _ = resolve_model_file(model, artifact)
     onnx = model_file.suffix.lower() == ".onnx"
-    return Classifier.load(model, device=device, threads=model_threads, artifact=artifact,
+    return Classifier.load(model, device=device, model_threads=model_threads, artifact=artifact,
                            engine_options={"session_config": NO_SPINNING} if onnx else None)
 
 

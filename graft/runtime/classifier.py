@@ -72,7 +72,7 @@ class Classifier:
         self.max_pixels = max_pixels
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+    def load(cls, path: str | os.PathLike, device: str = "auto", model_threads: int | None = None,
              artifact: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
              engine_options: dict | None = None) -> "Classifier":
         """Load a bundle (``artifact`` picks the export, e.g. 'onnx' or 'tflite:int8') or a file.
@@ -89,7 +89,7 @@ class Classifier:
                 raise IntegrityError(f"{model_file}: sha256 {actual[:12]}... does not match the "
                                      f"{expected_sha[:12]}... recorded in graft.json; the file was "
                                      "changed or damaged, re-run `graft export`")
-        engine = open_engine(model_file, device=device, threads=threads, model_bytes=data,
+        engine = open_engine(model_file, device=device, threads=model_threads, model_bytes=data,
                              **(engine_options or {}))
         manifest = manifest or engine.manifest
         if manifest is None:

@@ -122,7 +122,7 @@ def test_runtime_reads_tflite_without_tensorflow(exported_bundle, colour_pngs):
     code = (
         "import sys\n"
         "from graft.runtime.classifier import Classifier\n"
-        f"clf = Classifier.load({str(exported_bundle)!r}, device='cpu', artifact='tflite:int8', threads=1)\n"
+        f"clf = Classifier.load({str(exported_bundle)!r}, device='cpu', artifact='tflite:int8', model_threads=1)\n"
         f"print(clf.predict({str(colour_pngs['green'])!r}, top_k=1)[0].label)\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules]\n"
         "print('heavy:', heavy)\n"

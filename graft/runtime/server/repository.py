@@ -101,7 +101,7 @@ def load_repository(path: str | Path, device: str = "auto", threads: int | None 
                     max_pixels: int | None = None) -> Repository:
     """Load every model under ``path`` (see the module docstring for the layouts)."""
     path = Path(path)
-    load = lambda p: Classifier.load(p, device=device, threads=threads, max_pixels=max_pixels)  # noqa: E731
+    load = lambda p: Classifier.load(p, device=device, model_threads=threads, max_pixels=max_pixels)  # noqa: E731
     if not path.exists():
         raise BundleError(f"{path}: no such model file, bundle or repository")
     if path.is_file() or is_bundle(path):

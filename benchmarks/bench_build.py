@@ -31,7 +31,7 @@ def main() -> None:
     import numpy as np
 
     from graft.builder.data import scan, split_of
-    from graft.builder.train import BuildOptions, build_bundle
+    from graft.builder.build import BuildOptions, build_bundle
     from graft.runtime.preprocess import load_batch
     from graft.bundle import preprocessing_contract
 

@@ -200,7 +200,7 @@ def main() -> None:
     one, many = batch_efficiency(model, threads=args.threads)
     print(f"model: {model}  threads: {args.threads or 'default'}\nin-process ms per image: batch 1 {one:.2f}, batch 32 {many:.2f} "
           f"(batching can win at most {one / many:.2f}x in compute)")
-    extra = ["--threads", str(args.threads)] if args.threads else []
+    extra = ["--model-threads", str(args.threads)] if args.threads else []
     servers = {"batched": Server(model, 32, extra), "unbatched": Server(model, 1, extra)}
     runs: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     peer: list[float] = []

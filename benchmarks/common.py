@@ -31,8 +31,8 @@ def make_images(root: Path, classes: int = 4, per_class: int = 100, size: tuple[
 
 def mobilenet_bundle(workdir: Path, per_class: int = 20, epochs: int = 3) -> Path:
     """A MobileNetV2 (224 px, random weights: speed does not depend on them) bundle with an ONNX export."""
-    from graft.builder.train import BuildOptions, build_bundle
-    from graft.exporters.onnx import export_onnx
+    from graft.builder.build import BuildOptions, build_bundle
+    from graft.exporters.export import export_onnx
 
     out = workdir / "mobilenet_v2_bundle"
     if (out / "exports" / "model.float32.onnx").is_file():

@@ -85,7 +85,7 @@ def main() -> None:
     if not source.is_file():  # reuse a source model trained by an earlier run
         source = train_source(args.workdir, args.epochs)
     data = write_digits(args.workdir / "digits", indices=slice(SOURCE_IMAGES, None))
-    from graft.builder.train import BuildOptions, build_bundle
+    from graft.builder.build import BuildOptions, build_bundle
 
     manifest = build_bundle(data, args.workdir / "bundle",
                             BuildOptions(backbone=str(source), epochs=60, patience=8, progress=False,

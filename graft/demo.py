@@ -1,120 +1,133 @@
-"""`graft demo`: the whole flow offline, on real data that scikit-learn ships.
+"""`graft demo`: knowledge transfer, offline, on real photographs that scikit-image ships.
 
-1. Render scikit-learn's handwritten digits (8x8 scans of 1,797 digits) into
-   class folders of 32x32 PNGs: digits 5-9 are the user's dataset.
-2. Train a small CNN on digits 0-4: the "pretrained" source model, whose
-   knowledge graft keeps frozen.
-3. `graft build` grafts a new head for digits 5-9 onto the source model's
-   frozen features, `graft export` writes a parity-checked ONNX file, and the
-   runtime classifies a few held-out images.
+1. Cut four of scikit-image's surface photographs (brick, grass, gravel, the
+   moon) into disjoint 64x64 tiles, one class folder each: every held-out tile
+   is pixels the model never saw in training.
+2. `graft build` grafts a new head onto EfficientNet-Lite0, frozen, with the
+   ImageNet weights that installed with graft.
+3. The same split, without transfer: the same head on raw pixels, and the same
+   backbone with random weights (which graft refuses: its features are empty).
+4. `graft export` writes ONNX float32 and TFLite int8, each checked against
+   Keras, and the runtime (no TensorFlow) classifies held-out tiles with both.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-SIZE = 32
-SOURCE_DIGITS = (0, 1, 2, 3, 4)
-TARGET_DIGITS = (5, 6, 7, 8, 9)
+SURFACES = ("brick", "grass", "gravel", "moon")
+TILE = 64
 
 
-def digit_images() -> tuple[np.ndarray, np.ndarray]:
-    """All scikit-learn digits as uint8 (N, 32, 32) images and their labels."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = (digits.images * (255.0 / 16.0)).astype(np.uint8)
-    big = np.stack([np.asarray(Image.fromarray(img).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
-                    for img in images])
-    return big, digits.target
-
-
-def write_dataset(root: Path, images: np.ndarray, labels: np.ndarray) -> int:
+def write_dataset(root: Path) -> int:
+    """Class folders of disjoint TILE x TILE PNG tiles of scikit-image's photographs; returns the count."""
+    import skimage.data
     from PIL import Image
 
     shutil.rmtree(root, ignore_errors=True)
     count = 0
-    for i, (image, label) in enumerate(zip(images, labels)):
-        if label in TARGET_DIGITS:
-            folder = root / f"digit_{label}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image, "L").save(folder / f"{i:04d}.png")
-            count += 1
+    for name in SURFACES:
+        photo = getattr(skimage.data, name)()
+        folder = root / name
+        folder.mkdir(parents=True)
+        for top in range(0, photo.shape[0] - TILE + 1, TILE):
+            for left in range(0, photo.shape[1] - TILE + 1, TILE):
+                tile = photo[top:top + TILE, left:left + TILE]
+                Image.fromarray(tile).save(folder / f"{name}_{top:03d}_{left:03d}.png")
+                count += 1
     # One damaged file, to show that bad data is reported and skipped, not fatal.
-    (root / "digit_7" / "damaged.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "gravel" / "damaged.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return count
 
 
-def train_source_model(path: Path, images: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """A small CNN for digits 0-4, taking RGB 0..255; returns its training accuracy."""
-    import keras
+def raw_pixel_baseline(bundle_dir: Path, manifest: dict, size: int = 32) -> float:
+    """No transfer: the same head trained on raw size x size pixels, same split; test accuracy."""
+    from graft import bundle
+    from graft.builder.head import train_head
+    from graft.runtime.preprocess import load_pixels
 
-    keras.utils.set_random_seed(seed)
-    mask = np.isin(labels, SOURCE_DIGITS)
-    x = np.repeat(images[mask][..., None], 3, axis=-1).astype(np.float32)
-    y = labels[mask]
-    inputs = keras.Input((SIZE, SIZE, 3), name="pixels")
-    h = keras.layers.Rescaling(1 / 255.0)(inputs)
-    h = keras.layers.Conv2D(32, 3, activation="relu", padding="same")(h)
-    h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Conv2D(64, 3, activation="relu", padding="same")(h)
-    h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Flatten()(h)
-    h = keras.layers.Dense(128, activation="relu", name="features")(h)
-    outputs = keras.layers.Dense(len(SOURCE_DIGITS), activation="softmax")(h)
-    model = keras.Model(inputs, outputs, name="digits_0_4")
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    fit = model.fit(x, y, epochs=15, batch_size=32, verbose=0)
-    model.save(path)
-    return float(fit.history["accuracy"][-1])
+    contract = bundle.preprocessing_contract(size, size)
+    labels = manifest["labels"]
+    rows = bundle.read_splits(bundle_dir)["samples"]
+
+    def part(split):
+        chosen = [r for r in rows if r["split"] == split]
+        x = np.stack([load_pixels(r["file"], contract) for r in chosen]).reshape(len(chosen), -1) / 255.0
+        return x.astype(np.float32), np.array([labels.index(r["label"]) for r in chosen])
+
+    (x_train, y_train), validation, (x_test, y_test) = part("train"), part("val"), part("test")
+    hyper = manifest["training"]["hyperparameters"]
+    head, _ = train_head(x_train, y_train, validation, len(labels), epochs=hyper["epochs"],
+                         batch_size=hyper["batch_size"], lr=hyper["lr"], dropout=hyper["dropout"],
+                         patience=hyper["patience"])
+    return float((head.predict(x_test, verbose=0).argmax(1) == y_test).mean())
+
+
+def random_backbone_spread(data: Path, out: Path, cache: Path) -> str:
+    """No transfer: the same backbone with random weights; graft refuses it and says why."""
+    from graft.builder.build import BuildOptions, build_bundle
+    from graft.errors import BackboneError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            manifest = build_bundle(data, out, BuildOptions(weights="none", cache_dir=str(cache),
+                                                            progress=False, overwrite=True))
+    except BackboneError as exc:
+        return "refused: " + str(exc).split(", so a head")[0].replace("the frozen ", "")
+    return f"test accuracy {manifest['metrics']['accuracy']:.3f}"
 
 
 def run_demo(out: str | Path, echo: Callable[[str], None] = print) -> dict:
-    from graft.builder.train import BuildOptions, build_bundle
-    from graft.exporters.onnx import export_onnx
+    from graft import bundle
+    from graft.builder.build import BuildOptions, build_bundle
+    from graft.exporters import registry
+    from graft.exporters.export import export_bundle
     from graft.runtime import Classifier
 
+    started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    images, labels = digit_images()
-    data = out / "data"
-    count = write_dataset(data, images, labels)
-    echo(f"[1/4] wrote {count} digit images (5-9, 32x32 PNG) and one damaged file to {data}")
+    data, cache, bundle_dir = out / "data", out / "cache", out / "bundle"
+    count = write_dataset(data)
+    echo(f"[1/4] cut {count} disjoint {TILE}x{TILE} tiles of scikit-image's photographs "
+         f"({', '.join(SURFACES)}) and one damaged file into {data}")
 
-    source = out / "source_digits_0_4.keras"
-    accuracy = train_source_model(source, images, labels)
-    echo(f"[2/4] trained a source CNN on digits 0-4 (train accuracy {accuracy:.3f}): {source}")
+    manifest = build_bundle(data, bundle_dir, BuildOptions(cache_dir=str(cache), overwrite=True))
+    metrics, skipped = manifest["metrics"], manifest["dataset"]["skipped"]
+    weights = manifest["backbone"]["weights"]
+    echo(f"[2/4] built {bundle_dir}: {manifest['backbone']['name']} frozen (ImageNet weights from "
+         f"{weights.get('package', weights['source'])}), new head for {len(manifest['labels'])} "
+         f"classes; skipped {len(skipped)}: " + "; ".join(f"{r['path']} ({r['reason']})" for r in skipped))
 
-    bundle_dir = out / "bundle"
-    options = BuildOptions(backbone=str(source), epochs=200, patience=10, lr=1e-2,
-                           cache_dir=str(out / "cache"), overwrite=True)
-    manifest = build_bundle(data, bundle_dir, options)
-    metrics = manifest["metrics"]
-    skipped = manifest["dataset"]["skipped"]
-    echo(f"[3/4] built {bundle_dir}: frozen '{manifest['backbone']['cut_layer']}' features, new head "
-         f"for {len(manifest['labels'])} classes; test accuracy {metrics['accuracy']:.3f} on "
-         f"{metrics['count']} held-out images; skipped {len(skipped)}: "
-         + "; ".join(f"{row['path']} ({row['reason']})" for row in skipped))
+    raw = raw_pixel_baseline(bundle_dir, manifest)
+    random = random_backbone_spread(data, out / "no-transfer", cache)
+    echo(f"[3/4] held-out accuracy on the same {metrics['count']} test tiles:")
+    echo(f"      transfer (ImageNet {manifest['backbone']['name']} + new head)  {metrics['accuracy']:.3f}")
+    echo(f"      no transfer: the same head on raw 32x32 pixels             {raw:.3f}")
+    echo(f"      no transfer: {manifest['backbone']['name']} with random weights  {random}")
 
-    row = export_onnx(bundle_dir)
-    parity = row["parity"]
-    echo(f"[4/4] exported {bundle_dir / row['path']} ({row['size_bytes'] / 1e3:.0f} kB); agrees with "
-         f"Keras on {parity['top1_agreement']:.0%} of {parity['images']} test images "
-         f"(max |dprob| {parity['max_abs_diff']:.1e})")
-
-    classifier = Classifier.load(bundle_dir)
-    import json
-
-    test = [r for r in json.loads((bundle_dir / "splits.json").read_text())["samples"]
-            if r["split"] == "test"]
+    targets = [registry.TARGETS[("onnx", "float32")], registry.TARGETS[("tflite", "int8")]]
+    rows = export_bundle(bundle_dir, targets)
+    for row in rows:
+        parity = row["parity"]
+        echo(f"[4/4] exported {bundle_dir / row['path']} ({row['size_bytes'] / 1e6:.1f} MB): agrees with "
+             f"Keras on {parity['top1_agreement']:.0%} of {parity['images']} test tiles, accuracy "
+             f"{parity['accuracy']:.3f} ({row['status']})")
+    test = bundle.split_rows(bundle_dir, "test")
     samples = list({r["label"]: r for r in reversed(test)}.values())[::-1]  # one per class
+    runtimes = {key: Classifier.load(bundle_dir, artifact=key) for key in ("onnx", "tflite:int8")}
     for sample in samples:
-        top = classifier.predict(Path(sample["file"]), top_k=1)[0]
-        echo(f"      {sample['path']:<22} -> {top.label} ({top.score:.3f})")
-    echo(f"try: graft predict {bundle_dir} {data / 'digit_9'} --top-k 2")
-    return manifest
+        answers = "  ".join(f"{key}: {clf.predict(Path(sample['file']), top_k=1)[0].label} "
+                            f"{clf.predict(Path(sample['file']), top_k=1)[0].score:.2f}"
+                            for key, clf in runtimes.items())
+        echo(f"      {sample['path']:<28} -> {answers}")
+    echo(f"done in {time.perf_counter() - started:.0f} s; try: graft predict {bundle_dir} "
+         f"{data / 'grass'} --top-k 2 --artifact tflite:int8")
+    return bundle.read_manifest(bundle_dir)

@@ -55,8 +55,8 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def built_bundle(tmp_path_factory, dataset, source_model):
     """One bundle built and exported to ONNX, shared by the tests that only read it."""
-    from graft.builder.train import BuildOptions, build_bundle
-    from graft.exporters.onnx import export_onnx
+    from graft.builder.build import BuildOptions, build_bundle
+    from graft.exporters.export import export_onnx
 
     out = tmp_path_factory.mktemp("bundles") / "colors"
     cache = tmp_path_factory.mktemp("cache")
@@ -66,9 +66,13 @@ def built_bundle(tmp_path_factory, dataset, source_model):
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """A headless system Chromium driven by Playwright; skipped when either is missing."""
+    """A headless system Chromium driven by Playwright; skipped when either is missing.
+
+    Module-scoped: Playwright's sync API keeps an asyncio loop running in the main
+    thread while it is open, which would break later tests that call asyncio.run().
+    """
     import browser as support
 
     playwright_api = pytest.importorskip("playwright.sync_api")

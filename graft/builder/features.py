@@ -17,7 +17,8 @@ import numpy as np
 
 from graft.bundle import atomic_path
 from graft.builder.data import Sample
-from graft.errors import ImageError
+from graft.errors import BackboneError, ImageError
+from graft.progress import Progress
 from graft.runtime.preprocess import load_pixels
 
 
@@ -56,13 +57,13 @@ class FeatureCache:
 
 
 def extract(model, samples: list[Sample], contract: dict, cache: FeatureCache,
-            batch_size: int = 32, progress=None) -> Extracted:
+            batch_size: int = 32, progress: Progress | None = None) -> Extracted:
     """Features for every decodable sample; undecodable ones are listed in ``skipped``."""
     vectors: dict[int, np.ndarray] = {}
     shas: dict[int, str] = {}
     skipped, pending = [], []  # pending: (index, cache key, pixels)
     hits = 0
-    task = progress.add_task("features", total=len(samples), status="") if progress else None
+    task = (progress or Progress(False)).task("features", total=len(samples), unit="img")
 
     def flush():
         if not pending:
@@ -72,8 +73,7 @@ def extract(model, samples: list[Sample], contract: dict, cache: FeatureCache,
         for (index, key, _), vector in zip(pending, out):
             cache.put(key, vector)
             vectors[index] = vector
-        if progress:
-            progress.advance(task, len(pending))
+        task.advance(len(pending))
         pending.clear()
 
     for index, sample in enumerate(samples):
@@ -83,8 +83,7 @@ def extract(model, samples: list[Sample], contract: dict, cache: FeatureCache,
         except ImageError as exc:
             reason = str(exc).split(": ", 1)[-1]
             skipped.append({"path": sample.rel, "label": sample.label, "reason": reason})
-            if progress:
-                progress.advance(task)
+            task.advance()
             continue
         shas[index] = hashlib.sha256(data).hexdigest()
         key = cache.key(shas[index])
@@ -92,8 +91,7 @@ def extract(model, samples: list[Sample], contract: dict, cache: FeatureCache,
         if cached is not None:
             vectors[index] = cached
             hits += 1
-            if progress:
-                progress.advance(task)
+            task.advance()
             continue
         pending.append((index, key, pixels))
         if len(pending) >= batch_size:
@@ -112,3 +110,24 @@ def _read(path: Path) -> bytes:
         raise ImageError(f"{path}: no such file") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+MIN_SPREAD = 1e-6  # features that vary less than this across images carry no usable signal
+
+
+def feature_spread(features: np.ndarray) -> float:
+    """How much features vary across images: the mean over dimensions of their standard deviation."""
+    return float(features.std(axis=0).mean()) if len(features) > 1 else float("nan")
+
+
+def check_spread(features: np.ndarray, backbone: str) -> float:
+    """Refuse features that barely vary across images (a backbone that knows nothing); return the spread."""
+    spread = feature_spread(features)
+    if len(features) > 1 and not spread >= MIN_SPREAD:
+        raise BackboneError(
+            f"the frozen {backbone} features barely vary across images: their spread is {spread:.1e} "
+            f"over {len(features)} images (pretrained backbones give about 1e-2 or more), so a head "
+            "cannot learn from them; use pretrained weights (--weights imagenet, or a backbone whose "
+            "weights install with graft such as efficientnet_lite0) or cut the source model at "
+            "another layer (--cut-layer)")
+    return spread

@@ -1,4 +1,4 @@
-"""When int8 breaks its budget: which layers hurt, and keeping the worst ones in float.
+"""When int8 breaks its budget: which layers hurt, worst first.
 
 ONNX uses onnxruntime's QDQ debugging (``qdq_loss_debug``): the SQNR, in dB,
 between each tensor of the float model and of the QDQ model; a node's score is
@@ -14,18 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from graft.errors import ExportError
-
-STEPS = (1, 2, 4, 8, 16, 32, 64)   # how many of the worst layers the search keeps in float
 DEBUG_IMAGES = 8                    # images whose every activation is compared
 
 
 def rank_layers(ctx, fmt: str, quantized: Path) -> list[dict]:
     if fmt == "onnx":
         return onnx_layer_errors(ctx, quantized)
-    from graft.exporters.tflite import layer_errors
-
-    return layer_errors(ctx)
+    return tflite_layer_errors(ctx)
 
 
 def onnx_layer_errors(ctx, quantized: Path) -> list[dict]:
@@ -91,58 +86,35 @@ def _block(node, producer: dict, sqnr: dict, depth: int = 4) -> tuple[list[str],
     return names, CLEAN_DB if best is None else min(best, CLEAN_DB)
 
 
-def auto_exclude(ctx, target, row: dict, held_out: dict, budgets: dict | None, echo) -> dict:
-    """Keep the worst layers in float, more each round, until the budget holds (or give up)."""
-    from graft.exporters.export import export_one
-
-    path = ctx.bundle_dir / row["path"]
-    ranking = rank_layers(ctx, target.format, path)
-    before = {"size_bytes": row["size_bytes"], "throughput_batch32": throughput(path),
-              "top1_agreement": row["parity"]["top1_agreement"], "accuracy": row["parity"]["accuracy"]}
-    tried, current = [], row
-    for count in [n for n in STEPS if n < len(ranking)] + [len(ranking)]:
-        names = list(dict.fromkeys(n for r in ranking[:count] for n in r.get("nodes", [r["node"]])))
-        ctx.excluded[target.format] = names
-        try:
-            attempt = export_one(ctx, target, held_out, budgets)
-        except ExportError as exc:  # e.g. the converter refuses to keep this many in float
-            tried.append({"excluded": count, "nodes": len(names), "passed": False, "error": str(exc)})
-            echo(f"  auto-exclude: worst {count} layer(s) in float -> {exc}")
-            break
-        current = attempt
-        parity = current["parity"]
-        tried.append({"excluded": count, "nodes": len(names), "passed": parity["passed"],
-                      **{k: parity[k] for k in ("top1_agreement", "accuracy", "max_abs_diff")}})
-        echo(f"  auto-exclude: worst {count} layer(s) in float -> agreement "
-             f"{parity['top1_agreement']:.2%}, accuracy {parity['accuracy']:.2%}, "
-             f"max|dprob| {parity['max_abs_diff']:.2e}")
-        if current["status"] == "ok":
-            break
-    ctx.excluded.pop(target.format, None)
-    after_path = ctx.bundle_dir / current["path"]
-    after = {"size_bytes": current["size_bytes"], "throughput_batch32": throughput(after_path),
-             "top1_agreement": current["parity"]["top1_agreement"],
-             "accuracy": current["parity"]["accuracy"]}
-    current["auto_exclude"] = {
-        "excluded_nodes": current["options"].get("excluded_nodes", []), "tried": tried,
-        "worst_layers": ranking[:10], "before": before, "after": after,
-        "size_cost": after["size_bytes"] / before["size_bytes"] - 1,
-        "speed_cost": 1 - after["throughput_batch32"] / before["throughput_batch32"],
-        "passed": current["status"] == "ok"}
-    return current
-
-
-def throughput(path: Path, batch: int = 32) -> float:
-    """A quick batch-32 images/s figure on random pixels, for the cost of exclusions."""
-    from graft.exporters.verify import measure_speed
-    from graft.runtime.engines import open_engine
-
-    engine = open_engine(path, device="cpu")
-    size = engine.manifest["preprocessing"]["size"] if engine.manifest else [224, 224]
-    pixels = np.random.default_rng(0).integers(0, 256, (batch, *size, 3), dtype=np.uint8)
-    return measure_speed(engine, pixels, seconds=1.0)["throughput_batch32"]
-
-
 def describe(ranking: list[dict], top: int = 3) -> str:
     """The worst layers, briefly: the first name of each (TFLite joins fused ops with ';')."""
     return ", ".join(f"{r['node'].split(';')[0]} ({r['score']:.2g})" for r in ranking[:top])
+
+
+def tflite_layer_errors(ctx) -> list[dict]:
+    """Per-layer quantization error (TFLite QuantizationDebugger), worst first.
+
+    The score is the RMSE between the float and the quantized layer output divided
+    by the layer's quantization scale, as in TensorFlow's debugger guide.
+    """
+    import csv
+    import io
+
+    import tensorflow as tf
+
+    from graft.exporters.tflite import int8_converter, representative
+
+    pixels, _ = ctx.calibration()
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=int8_converter(ctx, "float32", allow_float=True),
+        debug_dataset=representative(pixels[:64]))
+    debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    rows = []
+    for stats in csv.DictReader(io.StringIO(dump.getvalue())):
+        scale = float(stats.get("scale") or 0.0)
+        rmse = float(np.sqrt(float(stats.get("mean_squared_error") or 0.0)))
+        rows.append({"node": stats["tensor_name"], "op": stats.get("op_name", ""),
+                     "score": rmse / scale if scale else 0.0, "metric": "rmse/scale"})
+    return sorted(rows, key=lambda r: -r["score"])

@@ -1,120 +1,74 @@
 """`graft export`: write every selected format x precision, check each, record each.
 
-Each file is written atomically under ``exports/``, run through the runtime on
-the bundle's held-out images and judged against the Keras model with its
-precision's budget (unless ``verify=False``). A file that breaks its budget is
-kept but flagged in graft.json (``status: flagged``), never recorded as good.
+Each candidate file is written under a temporary name in ``exports/``, run
+through the runtime on the bundle's held-out images and judged against the
+Keras model with its precision's budget. Only then does it take its final name,
+together with its graft.json row, under the bundle's lock. A failed export
+leaves the previous file and row as they were; a file that breaks its budget is
+kept but flagged (``status: flagged``), never recorded as good, and never
+replaces a previous good one.
 """
 
 from __future__ import annotations
 
-import copy
-import shutil
-import tempfile
+import os
+import secrets
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from graft import bundle
 from graft.errors import CheckFailed, ExportError
-from graft.exporters import registry, verify
-from graft.exporters.quantize import ExportOptions, calibration_set
+from graft.exporters import parity, registry
+from graft.exporters.context import Context
+from graft.exporters.options import ExportOptions
+
+STEPS = (1, 2, 4, 8, 16, 32, 64)   # how many of the worst layers auto-exclude keeps in float
 
 
-class Context:
-    """What the per-format exporters share within one run; each piece is made once, lazily."""
+@dataclass
+class Candidate:
+    """An exported file under its temporary name, and the graft.json row it would get."""
 
-    def __init__(self, bundle_dir: str | Path, options: ExportOptions):
-        self.bundle_dir = Path(bundle_dir)
-        self.manifest = bundle.read_manifest(self.bundle_dir)
-        self.options = options.check()
-        self.size = int(self.manifest["preprocessing"]["size"][0])
-        self.work = Path(tempfile.mkdtemp(prefix="graft-export-"))
-        self.excluded: dict[str, list[str]] = {}   # set by the auto-exclude search
-        self._cache: dict = {}
+    path: Path
+    row: dict
 
-    def close(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
-
-    def _once(self, key, make):
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
-
-    def keras_model(self):
-        return self._once("keras", lambda: verify.load_keras(self.bundle_dir))
-
-    def calibration(self):
-        options = self.options
-        return self._once("calibration", lambda: calibration_set(
-            self.bundle_dir, options.calibration_size, options.seed, options.data_root))
-
-    def onnx_proto(self):
-        """A fresh copy of the float32 ONNX conversion (converted once)."""
-        from graft.exporters.onnx import convert
-
-        proto = self._once("onnx_proto", lambda: convert(self.keras_model(), self.size, self.options.opset))
-        return copy.deepcopy(proto)
-
-    def onnx_file(self) -> str:
-        def make():
-            path = self.work / "float32.onnx"
-            path.write_bytes(self.onnx_proto().SerializeToString())
-            return str(path)
-        return self._once("onnx_file", make)
-
-    def onnx_preprocessed(self) -> str:
-        from graft.exporters.onnx import preprocess_for_quantization
-
-        def make():
-            path = self.work / "float32.pre.onnx"
-            preprocess_for_quantization(Path(self.onnx_file()), path)
-            return str(path)
-        return self._once("onnx_pre", make)
-
-    def onnx_input_name(self) -> str:
-        return self.onnx_proto().graph.input[0].name
-
-    def exclude_nodes(self, fmt: str) -> list[str]:
-        """Nodes to keep in float for ``fmt``: from --exclude-nodes ('onnx:NAME', 'tflite:NAME'
-        or a bare NAME for both) plus those chosen by the auto-exclude search."""
-        names = []
-        for item in self.options.exclude_nodes:
-            prefix, sep, name = item.partition(":")
-            if sep and prefix in registry.FORMATS:
-                if prefix == fmt:
-                    names.append(name)
-            else:
-                names.append(item)
-        if fmt == "onnx" and names:
-            from graft.exporters.onnx import node_names
-
-            known = set(node_names(Path(self.onnx_preprocessed())))
-            unknown = [n for n in names if n not in known]
-            if unknown:
-                shown = ", ".join(sorted(known)[:6])
-                raise ExportError(f"--exclude-nodes: no ONNX node named {unknown[0]!r} in the "
-                                  f"pre-processed model; names look like: {shown}, ...")
-        return list(dict.fromkeys(names + self.excluded.get(fmt, [])))
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def export_bundle(bundle_dir: str | Path, targets: list[registry.Target],
                   options: ExportOptions | None = None, verify_exports: bool = True,
                   budgets: dict | None = None, echo=None) -> list[dict]:
-    """Export ``targets``, check and record each; raise CheckFailed if any is flagged."""
+    """Export ``targets``, check and record each.
+
+    Args:
+        bundle_dir: a bundle made by `graft build`.
+        targets: format x precision rows of ``registry.TARGETS`` (see ``registry.select``).
+        options: export settings (refused when no target would use them).
+        verify_exports: check each file against Keras on the held-out split.
+        budgets: per-family budget overrides, e.g. ``{"int8": {"min_agreement": 0.97}}``.
+        echo: called with one line per export.
+
+    Returns:
+        The graft.json rows of the exported files.
+
+    Raises:
+        CheckFailed: some export breaks its budget (it is kept and flagged).
+        ExportError: a converter or quantizer failed (nothing of that target is changed).
+    """
     bundle_dir = Path(bundle_dir)
-    ctx = Context(bundle_dir, options or ExportOptions())
+    options = (options or ExportOptions()).check_for(targets)
+    ctx = Context(bundle_dir, options)
     echo = echo or (lambda line: None)
     rows = []
     try:
-        held_out = _held_out(ctx) if verify_exports else None
+        held_out = parity.HeldOut(bundle_dir, options.data_root) if verify_exports else None
         for target in targets:
-            # The old file and its row go first: a row must never vouch for bytes it did not
-            # check, and an interrupted run must leave no stale pairing behind.
-            _forget(bundle_dir, bundle_dir / bundle.EXPORTS_DIR / target.filename)
-            row = export_one(ctx, target, held_out, budgets)
-            if row["status"] == "flagged" and target.precision == "int8":
-                row = _debug_int8(ctx, target, row, held_out, budgets, echo)
-            bundle.record_export(bundle_dir, row)
+            candidate = produce(ctx, target, held_out, budgets)
+            if candidate.row["status"] == "flagged" and target.precision == "int8":
+                candidate = _debug_int8(ctx, target, candidate, held_out, budgets, echo)
+            row = install(bundle_dir, candidate, echo)
             echo(summary(row))
             rows.append(row)
     finally:
@@ -127,81 +81,166 @@ def export_bundle(bundle_dir: str | Path, targets: list[registry.Target],
     return rows
 
 
-def _debug_int8(ctx: Context, target, row: dict, held_out: dict, budgets, echo) -> dict:
+def export_onnx(bundle_dir: str | Path, opset: int = 17, data_root: str | None = None) -> dict:
+    """Export the float32 ONNX model, check parity with Keras, record it; return its row."""
+    rows = export_bundle(bundle_dir, [registry.TARGETS[("onnx", "float32")]],
+                         ExportOptions(opset=opset, data_root=data_root))
+    return rows[0]
+
+
+def produce(ctx: Context, target: registry.Target, held_out: parity.HeldOut | None,
+            budgets: dict | None = None) -> Candidate:
+    """Write one target's file under a temporary name and judge it (when ``held_out``)."""
+    final = ctx.bundle_dir / bundle.EXPORTS_DIR / target.filename
+    final.parent.mkdir(parents=True, exist_ok=True)
+    candidate = Candidate(final.parent / f".{final.name}.{secrets.token_hex(4)}{final.suffix}", {})
+    try:
+        options = target.load()(ctx, candidate.path)
+        candidate.row = export_row(ctx.bundle_dir, final, candidate.path, target, options)
+        if held_out is None:
+            candidate.row["status"] = "unverified"
+            return candidate
+        result = _check(candidate.path, target, held_out, budgets)
+        verdict = parity.judge(result, target.budget, budgets)
+        candidate.row["parity"] = {**result, **{k: verdict[k] for k in (
+            "budget", "budget_default", "passed", "breaches", "default_breaches")}}
+        candidate.row["status"] = verdict["status"]
+        if "flagged" in verdict:
+            candidate.row["flagged"] = verdict["flagged"]
+    except BaseException:
+        candidate.discard()  # never leave an unchecked, unrecorded file behind
+        raise
+    return candidate
+
+
+def _check(path: Path, target: registry.Target, held_out: parity.HeldOut, budgets) -> dict:
+    """Parity at batch 32; dynamic int8 also at batch 1 (its results depend on the batch)."""
+    budget = parity.budget_for(target.budget, budgets)
+    result = parity.check_file(path, held_out, budget)
+    if target.precision != "dynamic":
+        return result
+    single = parity.check_file(path, held_out, budget, batch=1)
+    worst = min((result, single), key=lambda r: (r["top1_agreement"], -r["max_abs_diff"]))
+    return {**worst, "per_batch": {str(b): {k: r[k] for k in ("top1_agreement", "max_abs_diff", "accuracy")}
+                                   for b, r in ((32, result), (1, single))}}
+
+
+def install(bundle_dir: Path, candidate: Candidate, echo) -> dict:
+    """Give a checked candidate its final name and its graft.json row, under the bundle's lock.
+
+    A flagged candidate does not replace a previous export that is good and intact.
+    """
+    final = bundle_dir / candidate.row["path"]
+    with bundle.updating(bundle_dir) as manifest:
+        previous = next((r for r in manifest.get("exports", []) if r.get("path") == candidate.row["path"]), None)
+        if candidate.row["status"] == "flagged" and _good(previous, final):
+            candidate.discard()
+            echo(f"{candidate.row['path']}: the new file breaks its budget; the previous good "
+                 "export is kept")
+            return {**candidate.row, "kept_previous": True}
+        os.replace(candidate.path, final)
+        bundle.fsync_dir(final.parent)
+        rows = [r for r in manifest.get("exports", []) if r.get("path") != candidate.row["path"]]
+        manifest["exports"] = sorted(rows + [candidate.row], key=lambda r: r["path"])
+    return candidate.row
+
+
+def _good(row: dict | None, path: Path) -> bool:
+    return bool(row) and row.get("status") == "ok" and path.is_file() and \
+        bundle.sha256_file(path) == row.get("sha256")
+
+
+def _debug_int8(ctx: Context, target, candidate: Candidate, held_out, budgets, echo) -> Candidate:
     """Say which layers hurt; with --auto-exclude, keep the worst in float until the budget holds."""
     from graft.exporters import debug
 
     if ctx.options.auto_exclude:
-        row = debug.auto_exclude(ctx, target, row, held_out, budgets, echo)
-        info = row["auto_exclude"]
+        candidate = auto_exclude(ctx, target, candidate, held_out, budgets, echo)
+        info = candidate.row["auto_exclude"]
         echo(f"  auto-exclude kept {len(info['excluded_nodes'])} layer(s) in float: "
              f"size {info['size_cost']:+.1%}, batch-32 throughput {-info['speed_cost']:+.1%}")
-        return row
+        return candidate
     try:
-        ranking = debug.rank_layers(ctx, target.format, ctx.bundle_dir / row["path"])
+        ranking = debug.rank_layers(ctx, target.format, candidate.path)
     except Exception as exc:  # the file is still recorded, flagged, without the diagnosis
-        row["flagged"] += f"; the layer debugger failed ({type(exc).__name__}: {str(exc)[:200]})"
-        return row
-    row["worst_layers"] = ranking[:10]
-    row["flagged"] += (f"; worst layers ({ranking[0]['metric'] if ranking else ''}): "
-                       f"{debug.describe(ranking)}; keep them in float with --exclude-nodes "
-                       "or --auto-exclude")
-    return row
+        candidate.row["flagged"] += f"; the layer debugger failed ({type(exc).__name__}: {str(exc)[:200]})"
+        return candidate
+    candidate.row["worst_layers"] = ranking[:10]
+    candidate.row["flagged"] += (f"; worst layers ({ranking[0]['metric'] if ranking else ''}): "
+                                 f"{debug.describe(ranking)}; keep them in float with --exclude-nodes "
+                                 "or --auto-exclude")
+    return candidate
 
 
-def _forget(bundle_dir: Path, path: Path) -> None:
-    """Remove a file and its graft.json row (if an older export left one)."""
-    path.unlink(missing_ok=True)
-    manifest = bundle.read_manifest(bundle_dir)
-    relative = path.relative_to(bundle_dir).as_posix()
-    kept = [row for row in manifest.get("exports", []) if row.get("path") != relative]
-    if len(kept) != len(manifest.get("exports", [])):
-        manifest["exports"] = kept
-        bundle.write_manifest(bundle_dir, manifest)
+def auto_exclude(ctx: Context, target, candidate: Candidate, held_out, budgets, echo) -> Candidate:
+    """Keep the worst layers in float, more each round, until the budget holds (or give up)."""
+    from graft.exporters import debug
+
+    ranking = debug.rank_layers(ctx, target.format, candidate.path)
+    before = _cost(candidate)
+    tried, current = [], candidate
+    for count in [n for n in STEPS if n < len(ranking)] + [len(ranking)]:
+        names = list(dict.fromkeys(n for r in ranking[:count] for n in r.get("nodes", [r["node"]])))
+        ctx.excluded[target.format] = names
+        try:
+            attempt = produce(ctx, target, held_out, budgets)
+        except ExportError as exc:  # e.g. the converter refuses to keep this many in float
+            tried.append({"excluded": count, "nodes": len(names), "passed": False, "error": str(exc)})
+            echo(f"  auto-exclude: worst {count} layer(s) in float -> {exc}")
+            break
+        current.discard()
+        current = attempt
+        result = current.row["parity"]
+        tried.append({"excluded": count, "nodes": len(names), "passed": result["passed"],
+                      **{k: result[k] for k in ("top1_agreement", "accuracy", "max_abs_diff")}})
+        echo(f"  auto-exclude: worst {count} layer(s) in float -> agreement "
+             f"{result['top1_agreement']:.2%}, accuracy {result['accuracy']:.2%}, "
+             f"max|dprob| {result['max_abs_diff']:.2e}")
+        if current.row["status"] == "ok":
+            break
+    ctx.excluded.pop(target.format, None)
+    after = _cost(current)
+    current.row["auto_exclude"] = {
+        "excluded_nodes": current.row["options"].get("excluded_nodes", []), "tried": tried,
+        "worst_layers": ranking[:10], "before": before, "after": after,
+        "size_cost": after["size_bytes"] / before["size_bytes"] - 1,
+        "speed_cost": 1 - after["throughput_batch32"] / before["throughput_batch32"],
+        "passed": current.row["status"] == "ok"}
+    return current
+
+
+def _cost(candidate: Candidate) -> dict:
+    result = candidate.row["parity"]
+    return {"size_bytes": candidate.row["size_bytes"], "throughput_batch32": throughput(candidate.path),
+            "top1_agreement": result["top1_agreement"], "accuracy": result["accuracy"]}
+
+
+def throughput(path: Path, batch: int = 32) -> float:
+    """A quick batch-32 images/s figure on random pixels, for the cost of exclusions."""
+    import numpy as np
+
+    from graft.exporters.verify import measure_speed
+    from graft.runtime.engines import open_engine
+
+    engine = open_engine(path, device="cpu")
+    size = engine.manifest["preprocessing"]["size"] if engine.manifest else [224, 224]
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, *size, 3), dtype=np.uint8)
+    return measure_speed(engine, pixels, seconds=1.0)["throughput_batch32"]
 
 
 def _breaches(row: dict) -> list[str]:
-    return row.get("parity", {}).get("breaches") or [row.get("flagged", "flagged")]
+    return row.get("parity", {}).get("breaches") or row.get("parity", {}).get("default_breaches") \
+        or [row.get("flagged", "flagged")]
 
 
-def _held_out(ctx: Context) -> dict:
-    pixels, y, split = verify.load_split(ctx.bundle_dir, "test", ctx.options.data_root)
-    return {"pixels": pixels, "y": y, "split": split,
-            "reference": verify.keras_probs(ctx.bundle_dir, pixels, model=ctx.keras_model())}
-
-
-def export_one(ctx: Context, target: registry.Target, held_out: dict | None,
-               budgets: dict | None = None) -> dict:
-    """Write one target's file, check it against Keras (if held_out), return its graft.json row."""
-    path = ctx.bundle_dir / bundle.EXPORTS_DIR / target.filename
-    with bundle.atomic_path(path, suffix=path.suffix) as tmp:
-        options = target.load()(ctx, tmp)
-    try:
-        row = export_row(ctx.bundle_dir, path, target, options)
-        if held_out is None:
-            row.update(status="unverified")
-            return row
-        budget = verify.budget_for(target.budget, budgets)
-        parity = verify.check_file(path, held_out["pixels"], held_out["y"], held_out["reference"],
-                                   held_out["split"], budget)
-    except BaseException:
-        _forget(ctx.bundle_dir, path)  # never leave an unchecked, unrecorded file behind
-        raise
-    row["parity"] = parity
-    if parity["passed"]:
-        row["status"] = "ok"
-    else:
-        row.update(status="flagged", flagged="breaks its budget: " + ", ".join(parity["breaches"]))
-    return row
-
-
-def export_row(bundle_dir: Path, path: Path, target: registry.Target, options: dict) -> dict:
+def export_row(bundle_dir: Path, final: Path, written: Path, target: registry.Target, options: dict) -> dict:
+    """The graft.json row of a file written at ``written`` that will be named ``final``."""
     return {
-        "path": path.relative_to(bundle_dir).as_posix(),
+        "path": final.relative_to(bundle_dir).as_posix(),
         "format": target.format,
         "precision": target.precision,
-        "size_bytes": path.stat().st_size,
-        "sha256": bundle.sha256_file(path),
+        "size_bytes": written.stat().st_size,
+        "sha256": bundle.sha256_file(written),
         "options": {k: v for k, v in options.items() if k != "calibration"},
         **({"calibration": options["calibration"]} if "calibration" in options else {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -225,10 +264,10 @@ def tool_versions(fmt: str) -> dict:
 
 def summary(row: dict) -> str:
     text = f"{row['path']:<28} {row['size_bytes'] / 1e6:7.2f} MB  {row['status']}"
-    parity = row.get("parity")
-    if parity:
-        text += (f"  agreement {parity['top1_agreement']:.2%}  max|dprob| {parity['max_abs_diff']:.2e}"
-                 f"  accuracy {parity['accuracy']:.2%} (keras {parity['keras_accuracy']:.2%})")
+    result = row.get("parity")
+    if result:
+        text += (f"  agreement {result['top1_agreement']:.2%}  max|dprob| {result['max_abs_diff']:.2e}"
+                 f"  accuracy {result['accuracy']:.2%} (keras {result['keras_accuracy']:.2%})")
     if row.get("flagged"):
         text += f"  -- {row['flagged']}"
     return text

@@ -14,9 +14,9 @@ from typing import Callable
 from graft.errors import GraftError
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
+# The same names everywhere: `graft export --precision`, `graft predict --artifact onnx:float16`,
+# graft.json rows and file names.
 PRECISIONS = ("float32", "float16", "dynamic", "int8")
-# --quantize spelling -> precision
-QUANTIZE = {"none": "float32", "fp16": "float16", "dynamic": "dynamic", "int8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,11 @@ TARGETS: dict[tuple[str, str], Target] = {
 }
 
 
-def select(formats: str | list[str] = "all", quantize: str | list[str] = "all") -> list[Target]:
-    """Targets for ``--format`` and ``--quantize`` values (each a name, a list or 'all')."""
+def select(formats: str | list[str] = "all", precisions: str | list[str] = "all") -> list[Target]:
+    """Targets for ``--format`` and ``--precision`` values (each a name, a list or 'all')."""
     fmts = _expand(formats, list(FORMATS), "--format")
-    precisions = [QUANTIZE[q] for q in _expand(quantize, list(QUANTIZE), "--quantize")]
-    return [TARGETS[(f, p)] for f in fmts for p in precisions if (f, p) in TARGETS]
+    chosen = _expand(precisions, list(PRECISIONS), "--precision")
+    return [TARGETS[(f, p)] for f in fmts for p in chosen if (f, p) in TARGETS]
 
 
 def _expand(value, allowed: list[str], flag: str) -> list[str]:

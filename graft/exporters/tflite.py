@@ -1,33 +1,30 @@
-"""Keras -> TFLite: float32, float16, dynamic-range and full-integer int8, manifest inside.
+"""Keras -> TFLite: float32, float16, dynamic-range and full-integer int8, metadata inside.
 
-The manifest travels in the flatbuffer's ``metadata`` table (name
-``graft.manifest``, a buffer of UTF-8 JSON), so a single .tflite file is
-self-describing; ``graft.runtime.litert`` reads it back without TensorFlow.
+A leaf module: it converts and quantizes, and imports no orchestrator. Each
+``export_<precision>(ctx, out)`` writes one file and returns the options it
+used; ``ctx`` is the export run's shared context (``exporters.context.Context``).
+Full-integer models take and return uint8 by default (what MediaPipe Tasks and
+Android apps take); ``--io-dtype`` chooses int8 or float32 instead.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from graft import bundle
 from graft.errors import ExportError, first_line
+from graft.exporters.graph import serving_function
+from graft.exporters.tflite_metadata import add_metadata, mediapipe_problems
 
 
 def converter(model, size: int):
     """A TFLiteConverter for pixels (N, size, size, 3) float32 in 0..255 -> probs (N, C)."""
     import tensorflow as tf
-
-    spec = tf.TensorSpec((None, size, size, 3), tf.float32, name="pixels")
-
-    @tf.function(input_signature=[spec])
-    def serve(pixels):
-        return {"probs": model(pixels, training=False)}
-
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+    serve, _ = serving_function(model, size)
     # Freeze the weights into constants: the converter would otherwise keep Keras 3's
     # variables as resource variables that the interpreter never initialises.
     # An empty module stands in as the trackable owner (nothing is left to own).
@@ -36,10 +33,18 @@ def converter(model, size: int):
 
 
 def representative(pixels: np.ndarray):
-    """The representative dataset: the calibration pixels one at a time, float32 0..255."""
+    """The representative dataset: the calibration pixels one at a time, float32 0..255.
+
+    The first image has one pixel set to 0 and one to 255, so the calibrated input
+    range is the full 0..255: a uint8 input then has scale 1 and zero-point 0, which
+    is what MediaPipe Tasks assumes when it feeds raw pixels.
+    """
     def generate():
         for i in range(len(pixels)):
-            yield [pixels[i:i + 1].astype(np.float32)]
+            image = pixels[i:i + 1].astype(np.float32)
+            if i == 0:
+                image[0, 0, 0, 0], image[0, 0, 0, 1] = 0.0, 255.0
+            yield [image]
     return generate
 
 
@@ -48,10 +53,17 @@ def _convert(conv, what: str) -> bytes:
         return bytes(conv.convert())
     except Exception as exc:
         raise ExportError(f"the TFLite converter could not produce the {what} model: "
-                          f"{first_line(exc, 300)}") from None
+                          f"{first_line(exc, 300)}") from exc
+
+
+def _tf_dtype(io_dtype: str):
+    import tensorflow as tf
+
+    return {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[io_dtype]
 
 
 def int8_converter(ctx, io_dtype: str, allow_float: bool = False):
+    """A full-integer converter calibrated on the bundle's calibration set."""
     import tensorflow as tf
 
     pixels, _ = ctx.calibration()
@@ -60,9 +72,7 @@ def int8_converter(ctx, io_dtype: str, allow_float: bool = False):
     conv.representative_dataset = representative(pixels)
     ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.target_spec.supported_ops = ops + ([tf.lite.OpsSet.TFLITE_BUILTINS] if allow_float else [])
-    dtype = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[io_dtype]
-    conv.inference_input_type = dtype
-    conv.inference_output_type = dtype
+    conv.inference_input_type = conv.inference_output_type = _tf_dtype(io_dtype)
     return conv
 
 
@@ -97,11 +107,7 @@ def export_int8(ctx, out: Path) -> dict:
     io_dtype = ctx.options.io_dtype
     excluded = list(ctx.exclude_nodes("tflite"))
     if excluded:
-        # The QuantizationDebugger converts with float32 I/O whatever --io-dtype says;
-        # record what the file really takes (the runtime scales either way).
-        io_dtype = "float32"
-        data = _debugger_model(ctx, excluded)
-        _check_names(data, excluded)
+        data = int8_keeping_float(ctx, io_dtype, excluded)
     else:
         data = _convert(int8_converter(ctx, io_dtype), "int8")
     _, facts = ctx.calibration()
@@ -111,19 +117,26 @@ def export_int8(ctx, out: Path) -> dict:
     return {"dynamic_batch": True, "io_dtype": io_dtype, **quant, "calibration": facts}
 
 
-def _debugger_model(ctx, denylist: list[str]) -> bytes:
-    import tensorflow as tf
+def calibrated_model(ctx) -> bytes:
+    """The float model with calibration statistics, before quantization (made once per run)."""
+    conv = int8_converter(ctx, "float32", allow_float=True)
+    conv.experimental_mlir_quantizer = True
+    conv._experimental_calibrate_only = True  # the path TensorFlow's QuantizationDebugger takes
+    return _convert(conv, "calibrated")
 
-    pixels, _ = ctx.calibration()
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=int8_converter(ctx, "float32", allow_float=True),
-        debug_dataset=representative(pixels), debug_options=options)
+
+def int8_keeping_float(ctx, io_dtype: str, denylist: list[str]) -> bytes:
+    """Full-integer int8 except the named nodes, with ``io_dtype`` input and output."""
+    from tensorflow.lite.python import convert, util
+
+    calibrated = ctx.once("tflite_calibrated", lambda: calibrated_model(ctx))
+    _check_names(calibrated, denylist)
     try:
-        return bytes(debugger.get_nondebug_quantized_model())
+        data = convert.mlir_quantize(calibrated, fully_quantize=False, denylisted_nodes=denylist)
+        return bytes(util.modify_model_io_type(data, _tf_dtype(io_dtype), _tf_dtype(io_dtype)))
     except Exception as exc:
         raise ExportError(f"the TFLite converter could not keep {', '.join(denylist)} in float: "
-                          f"{first_line(exc, 300)}") from None
+                          f"{first_line(exc, 300)}") from exc
 
 
 def _check_names(data: bytes, names: list[str]) -> None:
@@ -139,11 +152,13 @@ def _check_names(data: bytes, names: list[str]) -> None:
 
 # ---------------------------------------------------------------------------- metadata
 def write(ctx, out: Path, data: bytes, precision: str, **facts) -> None:
-    """Embed the manifest plus this file's I/O quantization parameters, then write."""
+    """Add standard TFLite Metadata (MediaPipe Tasks reads it) and graft's manifest, then write.
+
+    Nothing may rewrite the file afterwards: the labels travel in a zip appended to it.
+    """
     export = {"format": "tflite", "precision": precision, **facts, **io_details(data)}
-    portable = {**bundle.portable_manifest(ctx.manifest), "export": export}
-    data = embed_metadata(data, bundle.METADATA_KEY, json.dumps(portable).encode())
-    bundle.atomic_write_bytes(out, data)
+    export["mediapipe"] = mediapipe_problems(data) or "ok"
+    bundle.atomic_write_bytes(out, add_metadata(data, ctx.manifest, export))
 
 
 def io_details(data: bytes) -> dict:
@@ -159,52 +174,3 @@ def io_details(data: bytes) -> dict:
 
     return {"input": describe(interpreter.get_input_details()[0]),
             "output": describe(interpreter.get_output_details()[0])}
-
-
-def embed_metadata(data: bytes, name: str, payload: bytes) -> bytes:
-    """Add (or replace) a named metadata buffer in a TFLite flatbuffer."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
-    model.metadata = [m for m in (model.metadata or []) if _name(m.name) != name]
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(payload, dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = name
-    entry.buffer = len(model.buffers) - 1
-    model.metadata.append(entry)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def _name(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# ------------------------------------------------------------------ int8 layer debugging
-def layer_errors(ctx) -> list[dict]:
-    """Per-layer quantization error (TFLite QuantizationDebugger), worst first.
-
-    The score is the RMSE between the float and the quantized layer output divided
-    by the layer's quantization scale, as in TensorFlow's debugger guide.
-    """
-    import tensorflow as tf
-
-    pixels, _ = ctx.calibration()
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=int8_converter(ctx, "float32", allow_float=True),
-        debug_dataset=representative(pixels[:64]))
-    debugger.run()
-    import csv
-    import io
-
-    dump = io.StringIO()
-    debugger.layer_statistics_dump(dump)
-    rows = []
-    for stats in csv.DictReader(io.StringIO(dump.getvalue())):
-        scale = float(stats.get("scale") or 0.0)
-        rmse = float(np.sqrt(float(stats.get("mean_squared_error") or 0.0)))
-        rows.append({"node": stats["tensor_name"], "op": stats.get("op_name", ""),
-                     "score": rmse / scale if scale else 0.0, "metric": "rmse/scale"})
-    return sorted(rows, key=lambda r: -r["score"])

@@ -60,42 +60,65 @@ def resolve_model_file(path: str | os.PathLike, artifact: str | None = None) -> 
 
 
 class Classifier:
-    """Top-k image classification with one exported model, without TensorFlow."""
+    """Top-k image classification with one exported model, without TensorFlow.
+
+    Attributes:
+        engine: the engine running the model file (ONNX Runtime or LiteRT).
+        manifest: the bundle's graft.json, or the manifest embedded in the file.
+        labels: class names, in the model's output order.
+        contract: the preprocessing contract (size, resize, interpolation...).
+        source: the model file's path; sha256: its content hash.
+    """
 
     def __init__(self, engine: Engine, manifest: dict, source: str = "",
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, sha256: str = ""):
         self.engine = engine
         self.manifest = manifest
         self.source = source
+        self.sha256 = sha256
         self.labels: list[str] = list(manifest["labels"])
         self.contract: dict = manifest["preprocessing"]
         self.max_pixels = max_pixels
+        _check_input_shape(engine, self.contract, source)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", model_threads: int | None = None,
              artifact: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
              engine_options: dict | None = None) -> "Classifier":
-        """Load a bundle (``artifact`` picks the export, e.g. 'onnx' or 'tflite:int8') or a file.
+        """Load a bundle or a single exported file.
 
-        ``engine_options`` go to the engine, e.g. ``{"session_config": {...}}`` for ONNX Runtime.
+        Args:
+            path: a bundle directory, or a .onnx / .tflite file that carries its manifest.
+            device: 'auto', 'cpu', 'cuda', 'tensorrt' or 'openvino' (strict unless 'auto').
+            model_threads: the engine's threads (onnxruntime intra-op, LiteRT interpreter).
+            artifact: which export of a bundle, FORMAT[:PRECISION] (default 'onnx:float32').
+            max_pixels: the largest image (width x height, from its header) to decode.
+            engine_options: the engine's own options, e.g. ``{"session_config": {...}}``.
+
+        Returns:
+            A Classifier.
+
+        Raises:
+            BundleError: no such bundle, export or file, or a file without a manifest.
+            IntegrityError: a bundle export whose bytes do not match graft.json.
+            DeviceError: the device asked for is not available.
         """
         model_file, manifest, expected_sha = resolve_model_file(path, artifact)
         data = model_file.read_bytes() if model_file.is_file() else None
         if data is None:
             raise BundleError(f"{model_file}: the model file is missing; re-run `graft export`")
-        if expected_sha is not None:
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != expected_sha:
-                raise IntegrityError(f"{model_file}: sha256 {actual[:12]}... does not match the "
-                                     f"{expected_sha[:12]}... recorded in graft.json; the file was "
-                                     "changed or damaged, re-run `graft export`")
+        actual = hashlib.sha256(data).hexdigest()
+        if expected_sha is not None and actual != expected_sha:
+            raise IntegrityError(f"{model_file}: sha256 {actual[:12]}... does not match the "
+                                 f"{expected_sha[:12]}... recorded in graft.json; the file was "
+                                 "changed or damaged, re-run `graft export`")
         engine = open_engine(model_file, device=device, threads=model_threads, model_bytes=data,
                              **(engine_options or {}))
         manifest = manifest or engine.manifest
         if manifest is None:
             raise BundleError(f"{model_file}: the file carries no graft manifest (labels, "
                               "preprocessing); export it with `graft export`")
-        return cls(engine, manifest, str(model_file), max_pixels)
+        return cls(engine, manifest, str(model_file), max_pixels, sha256=actual)
 
     # -- properties ---------------------------------------------------------
     @property
@@ -132,10 +155,19 @@ class Classifier:
 
     def predict(self, images: ImageSource | Sequence[ImageSource], top_k: int = 5,
                 batch_size: int = 32):
-        """Top-k (label, score) for one image, or a list of them for many.
+        """Top-k predictions for one image, or a list of them for many.
 
-        One image: a path, bytes, a PIL image or an HxWx3 array. Many: a list or
-        tuple of those, or an (N, H, W, 3) array.
+        Args:
+            images: one image (a path, bytes, a PIL image or an HxWx3 array), or a
+                list/tuple of them, or an (N, H, W, 3) array.
+            top_k: how many labels per image, best first.
+            batch_size: images per model call.
+
+        Returns:
+            ``[Prediction(label, score), ...]`` for one image, a list of those for many.
+
+        Raises:
+            ImageError: an image that cannot be read or decoded.
         """
         single = not _is_many(images)
         batch = [images] if single else list(images)
@@ -152,3 +184,15 @@ def _is_many(images: object) -> bool:
     if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)):
         return False
     return isinstance(images, Iterable)
+
+
+def _check_input_shape(engine: Engine, contract: dict, source: str) -> None:
+    """The engine's static input height and width must be the manifest's preprocessing size."""
+    shape = tuple(engine.input_shape or ())
+    if len(shape) != 4:
+        return
+    height, width = contract["size"]
+    if (shape[1], shape[2]) != (height, width) and None not in (shape[1], shape[2]):
+        raise BundleError(f"{source}: the model takes {shape[1]}x{shape[2]} images but its manifest "
+                          f"says {height}x{width}; the file and its manifest do not belong together, "
+                          "re-run `graft export`")

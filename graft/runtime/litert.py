@@ -9,15 +9,14 @@ thread-safe: each thread gets its own, made on first use.
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from graft.bundle import METADATA_KEY, parse_manifest
 from graft.errors import BundleError, DeviceError, first_line
-from graft.runtime.engines import ENGINES, Engine, _read
+from graft.runtime.engines import Engine, read_model
+from graft.runtime.tflite_metadata import metadata_buffers, read_manifest
 
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402  (ImportError: graft[litert] missing)
 
@@ -36,7 +35,7 @@ class LiteRTEngine(Engine):
                               f"allowed: {', '.join(DEVICES)} (LiteRT runs on the CPU here)")
         self.path = Path(path)
         self.threads = int(threads) if threads else None
-        self.data = model_bytes if model_bytes is not None else _read(self.path)
+        self.data = model_bytes if model_bytes is not None else read_model(self.path)
         self._local = threading.local()
         interpreter = self._interpreter()  # validates the file before anything else
         self.input = interpreter.get_input_details()[0]
@@ -93,62 +92,6 @@ def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
     return (values - zero_point) * scale if scale else values
 
 
-def read_manifest(data: bytes, source: str) -> dict | None:
-    """The graft manifest from a TFLite flatbuffer's metadata table, or None if it has none."""
-    payload = read_metadata(data, METADATA_KEY, source)
-    return None if payload is None else parse_manifest(payload, source)
-
-
 def read_metadata(data: bytes, name: str, source: str = "model") -> bytes | None:
-    """A named metadata buffer of a TFLite flatbuffer, read with ``flatbuffers`` alone.
-
-    From the TFLite schema: Model.buffers is field 4 and Model.metadata field 6;
-    Metadata is {name: string, buffer: uint}; Buffer is {data: [ubyte], offset: ulong,
-    size: ulong}, offset/size being used by large models that keep their buffers
-    after the flatbuffer. A field's vtable slot is 4 + 2 * its index.
-    """
-    from flatbuffers import encode, number_types, table
-
-    try:
-        data = bytes(data)
-        model = table.Table(data, encode.Get(number_types.UOffsetTFlags.packer_type, data, 0))
-        buffers = _tables(model, _slot(4))
-        for entry in _tables(model, _slot(6)):
-            field = entry.Offset(_slot(0))
-            if not field or entry.String(field + entry.Pos).decode() != name:
-                continue
-            field = entry.Offset(_slot(1))
-            buffer = buffers[entry.Get(number_types.Uint32Flags, field + entry.Pos) if field else 0]
-            if buffer.Offset(_slot(1)):
-                offset = buffer.Get(number_types.Uint64Flags, buffer.Offset(_slot(1)) + buffer.Pos)
-                size = buffer.Get(number_types.Uint64Flags, buffer.Offset(_slot(2)) + buffer.Pos)
-                if offset > 1:
-                    return data[offset:offset + size]
-            field = buffer.Offset(_slot(0))
-            if not field:
-                return b""
-            start = buffer.Vector(field)
-            return data[start:start + buffer.VectorLen(field)]
-    except (struct.error, IndexError, UnicodeDecodeError, ValueError) as exc:  # a damaged flatbuffer raises struct/index/unicode errors
-        raise BundleError(f"{source}: the TFLite metadata cannot be read ({type(exc).__name__}); "
-                          "the file is damaged, re-run `graft export`") from None
-    return None
-
-
-def _slot(index: int) -> int:
-    return 4 + 2 * index
-
-
-def _tables(parent, slot: int) -> list:
-    """The tables of a vector-of-tables field."""
-    from flatbuffers import table
-
-    field = parent.Offset(slot)
-    if not field:
-        return []
-    start = parent.Vector(field)
-    return [table.Table(parent.Bytes, parent.Indirect(start + 4 * i))
-            for i in range(parent.VectorLen(field))]
-
-
-ENGINES[".tflite"] = LiteRTEngine
+    """A named metadata buffer of a TFLite file, or None (read without TensorFlow)."""
+    return metadata_buffers(data, source).get(name)

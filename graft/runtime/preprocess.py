@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Iterable, Union
 
@@ -27,8 +26,9 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
-# Pillow's own bomb check would raise before ours; ours gives the better message.
-Image.MAX_IMAGE_PIXELS = None
+# graft never changes Pillow's global settings (Image.MAX_IMAGE_PIXELS stays the embedding
+# application's): its own limit is checked per call, from the header, and Pillow's own bomb
+# error (which Pillow raises first, for images over twice its limit) becomes the same error.
 
 
 def describe(source: ImageSource) -> str:
@@ -63,6 +63,8 @@ def open_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
                              "bytes, a PIL image or an HxWx3 array")
         try:
             image = Image.open(stream)
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLarge(f"{describe(source)}: {exc}") from None
         except UnidentifiedImageError:
             raise UnsupportedImage(f"{describe(source)}: not a recognised image "
                              "(JPEG, PNG, BMP, GIF, WebP, TIFF)") from None
@@ -136,10 +138,8 @@ def load_pixels(source: ImageSource, contract: dict,
                 # needed; both sides stay at least as large as the target.
                 side = max(height, width)
                 image.draft("RGB", (side, side))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                image = to_rgb(image)
-                image.load()
+            image = to_rgb(image)
+            image.load()
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ImageError(f"{describe(source)}: cannot decode image ({exc})") from None
     image = resize(image, (height, width), contract.get("resize", "stretch"),

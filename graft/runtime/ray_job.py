@@ -19,7 +19,7 @@ import os
 from typing import Iterator, Sequence
 
 from graft.errors import GraftError, first_line
-from graft.runtime.results import Result
+from graft.runtime.pipeline import Result, arrow_table, decode_pool, load_classifier, predict_batch
 
 
 class RayError(GraftError):
@@ -29,28 +29,17 @@ class RayError(GraftError):
 class BatchPredictor:
     """The stateful ``map_batches`` callable: one Classifier and decode pool per actor."""
 
-    def __init__(self, model: str, top_k: int, device: str, threads: int | None,
+    def __init__(self, model: str, top_k: int, device: str, decode_threads: int | None,
                  model_threads: int | None, artifact: str | None = None):
-        from graft.runtime.batch import decode_pool, load_classifier
-
         self.clf = load_classifier(model, device, model_threads, artifact)
         self.top_k = top_k
-        self.pool = decode_pool(threads)
+        self.pool = decode_pool(decode_threads)
 
     def __call__(self, batch):
-        import pyarrow as pa
-
-        from graft.runtime.batch import predict_batch
-
-        results = predict_batch(self.clf, list(batch["file"].to_pylist()), self.top_k, self.pool)
-        return pa.table({
-            "path": batch["path"],
-            "labels": pa.array([list(r.labels) for r in results], pa.list_(pa.string())),
-            "scores": pa.array([list(r.scores) for r in results], pa.list_(pa.float64())),
-            "error": pa.array([_own_path(r.error, f, p) for r, f, p in
-                               zip(results, batch["file"].to_pylist(), batch["path"].to_pylist())],
-                              pa.string()),
-        })
+        files, paths = batch["file"].to_pylist(), batch["path"].to_pylist()
+        results = predict_batch(self.clf, files, self.top_k, self.pool)
+        return arrow_table([Result(path, r.labels, r.scores, _own_path(r.error, file, path))
+                            for r, file, path in zip(results, files, paths)])
 
 
 def _own_path(error: str, file: str, path: str) -> str:
@@ -59,11 +48,16 @@ def _own_path(error: str, file: str, path: str) -> str:
 
 
 def iter_ray_predictions(model: str | os.PathLike, paths: Sequence[str], *, top_k: int = 3,
-                         batch_size: int = 32, threads: int | None = None, device: str = "auto",
+                         batch_size: int = 32, decode_threads: int | None = None, device: str = "auto",
                          model_threads: int | None = None, artifact: str | None = None,
                          address: str | None = None,
                          num_cpus: int | None = None, actors: int | None = None) -> Iterator[Result]:
-    """Yield one Result per path, in order, computed on Ray Data."""
+    """Yield one Result per path, in order, computed on Ray Data.
+
+    Each actor reserves its share of the cluster's CPUs (``num_cpus``), and its
+    model and decode threads default to that share, so actors never oversubscribe
+    a node.
+    """
     if not paths:
         return
     with ray_session(address, num_cpus) as ray:
@@ -74,12 +68,13 @@ def iter_ray_predictions(model: str | os.PathLike, paths: Sequence[str], *, top_
         context.execution_options.preserve_order = True
         items = [{"path": p, "file": os.path.abspath(p)} for p in paths]
         dataset = ray.data.from_items(items, override_num_blocks=_blocks(len(items), batch_size))
+        replicas, share = actor_shares(_cluster_cpus(ray), actors)
         predicted = dataset.map_batches(
             BatchPredictor, batch_size=batch_size, batch_format="pyarrow",
-            concurrency=actors or _default_actors(ray), num_cpus=1,
+            concurrency=replicas, num_cpus=share,
             fn_constructor_kwargs={"model": os.path.abspath(model), "top_k": top_k, "device": device,
-                                   "threads": threads, "model_threads": model_threads,
-                                   "artifact": artifact})
+                                   "decode_threads": decode_threads or share,
+                                   "model_threads": model_threads or share, "artifact": artifact})
         for table in predicted.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
             for row in table.to_pylist():
                 yield Result(row["path"], tuple(row["labels"]), tuple(row["scores"]), row["error"])
@@ -137,10 +132,15 @@ def _check_reachable(address: str) -> None:
                        "check --address, or leave it out to start a local Ray") from None
 
 
-def _default_actors(ray) -> int:
-    """One model replica per two CPUs of the cluster (each decodes in its own threads)."""
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, cpus // 2)
+def _cluster_cpus(ray) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def actor_shares(cpus: int, actors: int | None = None) -> tuple[int, int]:
+    """(replicas, CPUs per replica): one replica per two CPUs by default; each reserves its
+    share, and its model and decode threads use that many."""
+    replicas = actors or max(1, cpus // 2)
+    return replicas, max(1, cpus // replicas)
 
 
 def _blocks(count: int, batch_size: int) -> int:

@@ -23,17 +23,17 @@ import pandas as pd  # a pyspark dependency; the UDF's type hints name it
 
 from graft.errors import GraftError
 
-RESULT_SCHEMA = "labels array<string>, scores array<double>, error string"
+RESULT_SCHEMA = "labels array<string>, scores array<float>, error string"  # pipeline.COLUMNS
 
 
 def predict_frames(model: str | os.PathLike, paths: Iterator[pd.Series], *, top_k: int = 3,
-                   threads: int | None = None, device: str = "auto",
+                   decode_threads: int | None = None, device: str = "auto",
                    model_threads: int | None = None) -> Iterator[pd.DataFrame]:
     """pandas Series of paths in, pandas DataFrames (labels, scores, error) out, model loaded once."""
-    from graft.runtime.batch import decode_pool, load_classifier, predict_batch
+    from graft.runtime.pipeline import decode_pool, load_classifier, predict_batch
 
     clf = load_classifier(model, device, model_threads)
-    with decode_pool(threads) as pool:
+    with decode_pool(decode_threads) as pool:
         for series in paths:
             results = predict_batch(clf, [str(p) for p in series], top_k, pool)
             yield pd.DataFrame({"labels": [list(r.labels) for r in results],
@@ -41,7 +41,7 @@ def predict_frames(model: str | os.PathLike, paths: Iterator[pd.Series], *, top_
                                 "error": [r.error for r in results]})
 
 
-def predict_udf(model: str | os.PathLike, *, top_k: int = 3, threads: int | None = None,
+def predict_udf(model: str | os.PathLike, *, top_k: int = 3, decode_threads: int | None = None,
                 device: str = "auto", model_threads: int | None = None):
     """A Spark pandas UDF classifying a column of image paths (see the module doc)."""
     try:
@@ -52,7 +52,7 @@ def predict_udf(model: str | os.PathLike, *, top_k: int = 3, threads: int | None
 
     @pandas_udf(RESULT_SCHEMA)
     def predict(paths: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        yield from predict_frames(model, paths, top_k=top_k, threads=threads, device=device,
+        yield from predict_frames(model, paths, top_k=top_k, decode_threads=decode_threads, device=device,
                                   model_threads=model_threads)
 
     return predict

@@ -3,7 +3,7 @@ import pytest
 
 from graft import bundle
 from graft.builder.backbones import REGISTRY, load_backbone
-from graft.builder.train import BuildOptions, build_bundle
+from graft.builder.build import BuildOptions, build_bundle
 from graft.errors import BackboneError, DataError, WeightsError
 
 
@@ -16,7 +16,8 @@ def options(source_model, cache, **overrides):
 def test_bundle_manifest_records_everything(built_bundle):
     manifest = bundle.read_manifest(built_bundle)
     assert manifest["labels"] == ["blue", "green", "red"]
-    assert manifest["input"]["shape"] == [None, 24, 24, 3]
+    assert manifest["input"] == {"name": "pixels", "dtype": "float32", "layout": "NHWC", "channels": 3}
+    assert bundle.input_shape(manifest) == [None, 24, 24, 3]
     assert manifest["preprocessing"]["size"] == [24, 24]
     assert manifest["backbone"]["cut_layer"] == "features" and manifest["backbone"]["trainable"] is False
     assert len(manifest["backbone"]["weights"]["sha256"]) == 64
@@ -31,7 +32,14 @@ def test_bundle_manifest_records_everything(built_bundle):
     assert set(metrics["per_class"]) == {"blue", "green", "red"}
     assert metrics["accuracy"] >= 0.9  # colours are easy even for random conv features
     assert {"tensorflow", "keras", "numpy"} <= set(manifest["tools"])
-    assert manifest["training"]["epochs_run"] >= 1 and "best_epoch" in manifest["training"]
+    stage = manifest["training"]["stages"][0]
+    assert stage["name"] == "head" and stage["epochs_run"] >= 1 and "best_epoch" in stage
+    assert set(stage["history"]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    test_rows = bundle.split_rows(built_bundle, "test")
+    assert len(test_rows) == metrics["count"]
+    assert all(r["predicted"] in manifest["labels"] and 0 < r["score"] <= 1 for r in test_rows)
+    correct = sum(r["predicted"] == r["label"] for r in test_rows)
+    assert correct / len(test_rows) == pytest.approx(metrics["accuracy"], abs=1e-4)
     assert (built_bundle / "model.keras").is_file() and (built_bundle / "splits.json").is_file()
 
 
@@ -53,7 +61,7 @@ def test_rebuild_hits_the_feature_cache_and_is_reproducible(tmp_path, dataset, s
     second = build_bundle(dataset, tmp_path / "b", options(source_model, cache, epochs=3))
     assert first["dataset"]["feature_cache_hits"] == 0
     assert second["dataset"]["feature_cache_hits"] == 36
-    assert first["training"]["loss"] == second["training"]["loss"]
+    assert first["training"]["stages"][0]["history"]["loss"] == second["training"]["stages"][0]["history"]["loss"]
     assert first["metrics"] == second["metrics"]
 
 
@@ -80,7 +88,7 @@ def test_a_class_with_too_few_usable_images(tmp_path, source_model):
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
-    ({"backbone": "alexnet"}, BackboneError, "unknown backbone 'alexnet'; allowed: mobilenet_v2"),
+    ({"backbone": "alexnet"}, BackboneError, "unknown backbone 'alexnet'; allowed: efficientnet_lite0, efficientnet_lite1"),
     ({"cut_layer": "nope"}, BackboneError, "no layer named 'nope'"),
     ({"weights": "missing.weights.h5"}, WeightsError, "no such file"),
     ({"weights": "imagenet"}, WeightsError, "brings its own weights"),
@@ -131,7 +139,7 @@ def test_imagenet_weights_come_from_the_keras_cache():
     with h5py.File(cached, "w") as handle:
         legacy_h5_format.save_weights_to_hdf5_group(handle, reference)
     backbone = load_backbone("mobilenet_v2", weights="imagenet", image_size=96)
-    from graft.builder.backbones import weights_sha256
+    from graft.builder.backbones.weights import weights_sha256
 
     assert backbone.info["weights"] == {"source": "imagenet", "sha256": weights_sha256(reference)}
     assert backbone.info["normalisation"] == {"scale": 1 / 127.5, "offset": -1.0}
@@ -150,8 +158,9 @@ def test_imagenet_download_failure_names_the_alternatives(monkeypatch):
                         "[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(file_utils, "get_file", offline)
-    with pytest.raises(WeightsError, match=r"could not download.*--weights FILE.*--weights none"):
+    with pytest.raises(WeightsError, match=r"could not download.*--weights FILE.*efficientnet_lite0") as caught:
         load_backbone("mobilenet_v2", weights="imagenet", image_size=128)
+    assert "--weights none" not in str(caught.value)  # random features are no fix for missing knowledge
 
 
 def test_source_model_with_a_nested_backbone(tmp_path):

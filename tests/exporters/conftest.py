@@ -24,7 +24,7 @@ def exported_bundle(edge_bundle, tmp_path_factory) -> Path:
     """The bundle exported once to every registered format x precision (checked against Keras)."""
     from graft.exporters import registry
     from graft.exporters.export import export_bundle
-    from graft.exporters.quantize import ExportOptions
+    from graft.exporters.options import ExportOptions
 
     out = copy_bundle(edge_bundle, tmp_path_factory.mktemp("exported") / "bundle")
     export_bundle(out, list(registry.TARGETS.values()), ExportOptions(calibration_size=30))
@@ -34,10 +34,12 @@ def exported_bundle(edge_bundle, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def held_out(edge_bundle):
     """(pixels, labels, Keras probabilities) of the bundle's test split."""
-    from graft.exporters import verify
+    import numpy as np
 
-    pixels, y, _ = verify.load_split(edge_bundle)
-    return pixels, y, verify.keras_probs(edge_bundle, pixels)
+    from graft.exporters.parity import HeldOut
+
+    held = HeldOut(edge_bundle)
+    return np.concatenate(list(held.batches())), held.y, held.reference()
 
 
 @pytest.fixture()

@@ -47,7 +47,7 @@ def make_source_model(path: Path, size: int = IMAGE_SIZE) -> Path:
 
 
 def make_bundle(root: Path, epochs: int = 25) -> Path:
-    from graft.builder.train import BuildOptions, build_bundle
+    from graft.builder.build import BuildOptions, build_bundle
 
     data = make_colour_folder(root / "data")
     source = make_source_model(root / "source.keras")

@@ -22,7 +22,7 @@ CASES = {
     ("tflite", "float32"): {"max_abs_diff": 1e-5, "input_dtype": "float32"},
     ("tflite", "float16"): {"max_abs_diff": 5e-3, "input_dtype": "float32"},
     ("tflite", "dynamic"): {"max_abs_diff": 5e-2, "input_dtype": "float32"},
-    ("tflite", "int8"): {"max_abs_diff": 5e-2, "input_dtype": "float32"},
+    ("tflite", "int8"): {"max_abs_diff": 5e-2, "input_dtype": "uint8"},  # what MediaPipe takes
 }
 TARGETS = list(registry.TARGETS.values())
 
@@ -84,8 +84,9 @@ def test_manifest_travels_inside_each_file(exported_bundle, tmp_path, target):
 def test_tflite_manifest_states_io_quantization(exported_bundle):
     engine = open_engine(exported_bundle / "exports" / "model.int8.tflite", device="cpu")
     export = engine.manifest["export"]
-    assert export["io_dtype"] == "float32"
-    assert export["input"]["dtype"] == "float32" and export["output"]["dtype"] == "float32"
+    assert export["io_dtype"] == "uint8"
+    assert export["input"]["dtype"] == "uint8" and export["output"]["dtype"] == "uint8"
+    assert export["output"]["scale"] > 0  # the runtime dequantizes with it
     assert export["quantization"]["ops"] == "TFLITE_BUILTINS_INT8"
 
 
@@ -115,7 +116,7 @@ def test_onnx_float16_keeps_float32_io(exported_bundle):
 def test_select_rejects_unknown_names():
     from graft.errors import GraftError
 
-    assert [t.key for t in registry.select("onnx", "none")] == ["onnx:float32"]
+    assert [t.key for t in registry.select("onnx", "float32")] == ["onnx:float32"]
     assert len(registry.select("all", "all")) == len(registry.TARGETS)
-    with pytest.raises(GraftError, match="--quantize 'int4' is not known; allowed: none, fp16"):
+    with pytest.raises(GraftError, match="--precision 'int4' is not known; allowed: float32, float16"):
         registry.select("onnx", "int4")

@@ -9,8 +9,9 @@ from edge_models import copy_bundle
 from graft import bundle
 from graft.errors import CheckFailed, ExportError
 from graft.exporters import registry
-from graft.exporters.export import Context, export_bundle
-from graft.exporters.quantize import ExportOptions
+from graft.exporters.context import Context
+from graft.exporters.export import export_bundle
+from graft.exporters.options import ExportOptions
 
 ONNX_INT8 = registry.TARGETS[("onnx", "int8")]
 TIGHT = {"int8": {"max_abs_diff": 1e-3}}  # tighter than this model's int8 error (about 6e-3)
@@ -89,11 +90,11 @@ def test_auto_exclude_searches_until_the_budget_holds(fresh):
 def test_tflite_layers_are_ranked_and_can_be_kept_in_float(fresh):
     from ai_edge_litert.interpreter import Interpreter
 
-    from graft.exporters.tflite import layer_errors
+    from graft.exporters.debug import tflite_layer_errors
 
     ctx = Context(fresh, ExportOptions(calibration_size=30))
     try:
-        ranking = layer_errors(ctx)
+        ranking = tflite_layer_errors(ctx)
     finally:
         ctx.close()
     assert ranking and ranking[0]["metric"] == "rmse/scale"

@@ -32,19 +32,20 @@ def test_quantize_and_dequantize_use_scale_and_zero_point():
 @pytest.fixture(scope="module")
 def integer_io_bundle(edge_bundle, tmp_path_factory):
     """The tiny bundle exported as full-integer TFLite with int8 and with uint8 I/O."""
-    from graft.exporters.export import export_one, Context
-    from graft.exporters.quantize import for_int8
+    from graft.exporters.context import Context
+    from graft.exporters.export import produce
+    from graft.exporters.options import ExportOptions
 
     out = copy_bundle(edge_bundle, tmp_path_factory.mktemp("intio") / "bundle")
     files = {}
     for io_dtype in ("int8", "uint8"):
-        ctx = Context(out, for_int8(calibration_size=30, io_dtype=io_dtype))
+        ctx = Context(out, ExportOptions(calibration_size=30, io_dtype=io_dtype))
         try:
-            row = export_one(ctx, registry.TARGETS[("tflite", "int8")], None)
+            candidate = produce(ctx, registry.TARGETS[("tflite", "int8")], None)
         finally:
             ctx.close()
         path = out / "exports" / f"io-{io_dtype}.tflite"
-        (out / row["path"]).rename(path)
+        candidate.path.rename(path)
         files[io_dtype] = path
     return files
 

@@ -6,8 +6,9 @@ import pytest
 
 from graft import bundle
 from graft.errors import ExportError
-from graft.exporters import onnx as onnx_export
-from graft.exporters import verify
+from graft.exporters import parity
+from graft.exporters.export import export_onnx
+from graft.exporters.parity import HeldOut
 from graft.runtime import Classifier
 
 
@@ -19,7 +20,7 @@ def test_onnx_file_is_valid_self_describing_and_recorded(built_bundle):
     path = built_bundle / row["path"]
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
-    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # dynamic, named
     embedded = json.loads({p.key: p.value for p in model.metadata_props}[bundle.METADATA_KEY])
     assert embedded["labels"] == manifest["labels"]
     assert embedded["preprocessing"] == manifest["preprocessing"]
@@ -31,26 +32,29 @@ def test_onnx_file_is_valid_self_describing_and_recorded(built_bundle):
 
 
 def test_runtime_matches_keras_on_any_batch_size(built_bundle):
-    pixels, _, _ = verify.load_split(built_bundle, "train")
-    reference = verify.keras_probs(built_bundle, pixels)
+    held = HeldOut(built_bundle, split="train")
+    pixels, reference = np.concatenate(list(held.batches())), held.reference()
     clf = Classifier.load(built_bundle)
     for batch in (1, 7, len(pixels)):
         np.testing.assert_allclose(clf.predict_pixels(pixels, batch_size=batch), reference, atol=1e-5)
 
 
-def test_interrupted_export_leaves_nothing_behind(built_bundle, tmp_path, monkeypatch):
-    """Killed while checking a re-export: neither the new file nor the old row remains."""
+def test_interrupted_reexport_keeps_the_previous_file_and_row(built_bundle, tmp_path, monkeypatch):
+    """Killed while checking a re-export: the previous file and row stay, no temporary file is left."""
     copy = shutil.copytree(built_bundle, tmp_path / "b")
-    assert bundle.find_export(bundle.read_manifest(copy), "onnx", "float32") is not None
+    before = bundle.find_export(bundle.read_manifest(copy), "onnx", "float32")
+    old_bytes = (copy / before["path"]).read_bytes()
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(verify, "check_file", interrupted)  # killed while checking parity
+    monkeypatch.setattr(parity, "check_file", interrupted)  # killed while checking parity
     with pytest.raises(KeyboardInterrupt):
-        onnx_export.export_onnx(copy)
-    assert list((copy / "exports").iterdir()) == []
-    assert bundle.read_manifest(copy)["exports"] == []
+        export_onnx(copy)
+    assert sorted(p.name for p in (copy / "exports").iterdir()) == ["model.float32.onnx"]
+    assert (copy / before["path"]).read_bytes() == old_bytes
+    assert bundle.find_export(bundle.read_manifest(copy), "onnx", "float32") == before
+    Classifier.load(copy)  # still loads: the sha256 in graft.json matches the file
 
 
 def test_moved_dataset_needs_data_flag(built_bundle, dataset, tmp_path):
@@ -60,6 +64,6 @@ def test_moved_dataset_needs_data_flag(built_bundle, dataset, tmp_path):
         row["file"] = str(tmp_path / "gone" / row["path"])
     (copy / "splits.json").write_text(json.dumps(rows))
     with pytest.raises(ExportError, match="pass --data DATA"):
-        onnx_export.export_onnx(copy)
-    row = onnx_export.export_onnx(copy, data_root=str(dataset))
+        export_onnx(copy)
+    row = export_onnx(copy, data_root=str(dataset))
     assert row["parity"]["passed"]

@@ -20,7 +20,7 @@ def run(*args):
 @pytest.fixture(scope="module")
 def verified(exported_bundle, tmp_path_factory):
     out = copy_bundle(exported_bundle, tmp_path_factory.mktemp("verified") / "bundle")
-    result = run("verify", out, "--threads", 1)
+    result = run("verify", out, "--model-threads", 1)
     return out, result
 
 
@@ -124,20 +124,20 @@ def test_failed_export_is_kept_but_flagged(edge_bundle, tmp_path):
 
 def test_no_verify_records_unverified(edge_bundle, tmp_path):
     out = copy_bundle(edge_bundle, tmp_path / "bundle")
-    result = run("export", out, "--format", "tflite", "--quantize", "fp16", "--no-verify")
+    result = run("export", out, "--format", "tflite", "--precision", "float16", "--no-verify")
     assert result.exit_code == 0, result.output
     row = bundle.find_export(bundle.read_manifest(out), "tflite", "float16")
     assert row["status"] == "unverified" and "parity" not in row
 
 
 def test_bad_calibration_method_is_rejected(edge_bundle):
-    result = run("export", edge_bundle, "--quantize", "int8", "--calibration-method", "kl")
+    result = run("export", edge_bundle, "--precision", "int8", "--calibration-method", "kl")
     assert result.exit_code == 2
     assert "'kl' is not one of 'minmax', 'entropy', 'percentile'" in result.output
 
 
 def test_predict_picks_an_artifact_and_threads(exported_bundle, colour_pngs):
     result = CliRunner().invoke(cli, ["predict", str(exported_bundle), str(colour_pngs["blue"]),
-                                      "--artifact", "tflite:int8", "--threads", "1", "--top-k", "1"])
+                                      "--artifact", "tflite:int8", "--decode-threads", "1", "--top-k", "1"])
     assert result.exit_code == 0, result.output
     assert f"{colour_pngs['blue']}\tblue " in result.output

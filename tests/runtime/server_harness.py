@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import struct
@@ -58,16 +59,24 @@ class ServerProcess:
 
 
 class ThreadServer:
-    """uvicorn in a thread around an app built in this process (to reach its internals)."""
+    """uvicorn in a thread around an app built in this process (to reach its internals).
 
-    def __init__(self, app):
+    uvicorn gets the settings ``graft serve`` gives it (``uvicorn_config``), so
+    process-wide limits such as ``limit_concurrency`` apply here too.
+    """
+
+    def __init__(self, app, config=None):
+        import dataclasses
+
         import uvicorn
 
-        from graft.runtime.server import bind_socket
+        from graft.runtime.server import ServerConfig, bind_socket, uvicorn_config
 
+        config = dataclasses.replace(config or ServerConfig(), log_level="warning", drain_timeout_s=5)
         self.sock = bind_socket("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn_config(app, config))
         self.server.install_signal_handlers = lambda: None  # older uvicorn
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -81,6 +90,41 @@ class ThreadServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+@contextlib.contextmanager
+def thread_server(model: str | os.PathLike, **settings):
+    """Load ``model`` with ``ServerConfig(**settings)`` and serve it in a thread.
+
+    Yields (ThreadServer, Server): the running server and the app's internals
+    (``repository``, ``metrics``, each entry's ``batcher``).
+    """
+    from graft.runtime.server import ServerConfig, create_app, load_repository
+
+    config = ServerConfig(**settings)
+    app, internals = create_app(load_repository(model, config), config)
+    server = ThreadServer(app, config)
+    try:
+        yield server, internals
+    finally:
+        server.stop()
+
+
+def metric(url: str, name: str) -> float:
+    """One sample of /metrics by its full name with labels (0 when absent)."""
+    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_for(condition, timeout: float = 10.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not hold within {timeout} s")
 
 
 def wait_ready(url: str, timeout: float = 20.0) -> None:
@@ -103,6 +147,13 @@ def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
         + chunk(b"IEND", b"")
+
+
+def raw_request(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
+    """An HTTP/1.1 request as bytes, for tests that drive a socket by hand."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def image_bytes(color: str, size=(40, 30), fmt: str = "PNG") -> bytes:

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from graft.cli import cli
 from graft.errors import GraftError
 from graft.runtime.batch import iter_predictions, run_job
-from graft.runtime.results import OutputError, expand_inputs, open_output, read_results
+from graft.runtime.inputs import expand_inputs
+from graft.runtime.outputs import OutputError, job_record, open_output, read_results
 from models import solid_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +73,7 @@ def test_expand_inputs_empty_glob_is_an_error(tmp_path):
 # ------------------------------------------------------------------ python API
 def test_iter_predictions_mixed_good_and_bad(color_bundle, mixed):
     folder, good, bad = mixed
-    results = list(iter_predictions(color_bundle, [folder], top_k=2, batch_size=4, threads=2))
+    results = list(iter_predictions(color_bundle, [folder], top_k=2, batch_size=4, decode_threads=2))
     _check_rows(results, good, bad)
     assert [r.path for r in results] == expand_inputs([folder])  # input order kept
 
@@ -176,17 +177,18 @@ def test_resume_of_a_finished_job_writes_nothing(color_onnx, mixed, tmp_path):
 def test_resume_refuses_a_file_that_is_not_a_result_file(color_onnx, mixed, tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("name,value\na,1\n")
-    with pytest.raises(OutputError, match="not a graft predict result file"):
+    with pytest.raises(OutputError, match=r"holds rows but no job record \(out.csv.graft.json\)"):
         run_job(color_onnx, [mixed[0]], out, resume=True)
     assert out.read_text() == "name,value\na,1\n"
 
 
 def test_a_second_writer_is_refused(tmp_path):
     out = tmp_path / "out.jsonl"
-    writer, _ = open_output(out)
+    job = job_record("0" * 64, "m.onnx", 3)
+    writer, _ = open_output(out, job)
     try:
         with pytest.raises(OutputError, match="another graft predict is writing"):
-            open_output(out, resume=True)
+            open_output(out, job, resume=True)
     finally:
         writer.close()
 
@@ -197,7 +199,7 @@ def test_cli_predict_summary_and_exit_codes(color_bundle, mixed, tmp_path):
     out = tmp_path / "out.csv"
     runner = CliRunner()
     args = ["predict", str(color_bundle), str(folder), "-o", str(out), "--batch-size", "4",
-            "--threads", "2", "--top-k", "2"]
+            "--decode-threads", "2", "--top-k", "2"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "9 ok, 3 failed, 0 already done" in result.output
@@ -235,7 +237,7 @@ def test_cli_resume_needs_an_output(color_onnx, mixed):
 
 
 def test_batch_imports_no_tensorflow_ray_or_pyarrow():
-    code = ("import sys, graft.cli, graft.runtime.batch, graft.runtime.results; "
+    code = ("import sys, graft.cli, graft.runtime.batch, graft.runtime.inputs, graft.runtime.outputs; "
             "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'ray', 'pyarrow') if m in sys.modules]; "
             "print(bad)")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -254,8 +256,8 @@ def test_cli_progress_bar_shows_rate_and_time_left(color_onnx, mixed, tmp_path):
     result = CliRunner().invoke(cli, ["predict", str(color_onnx), str(mixed[0]), "-o",
                                       str(tmp_path / "out.csv"), "--progress"])
     assert result.exit_code == 0, result.output
-    bar = next(line for line in result.output.splitlines() if line.startswith("predict"))
-    assert "12/12" in bar and "img/s" in bar and "left 0:00:00" in bar
+    bar = next(line for line in result.output.splitlines() if line.strip().startswith("predict"))
+    assert "12/12" in bar and "img/s" in bar and "0:00:00" in bar
 
 
 def test_overwrite_parquet_replaces_parts_but_never_foreign_files(color_onnx, mixed, tmp_path):

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from graft.cli import cli
 from graft.runtime.batch import run_job
-from graft.runtime.results import expand_inputs, read_results
+from graft.runtime.inputs import expand_inputs
+from graft.runtime.outputs import read_results
 from models import solid_image
 
 ray = pytest.importorskip("ray")
@@ -37,7 +38,7 @@ def images(tmp_path_factory):
 def test_ray_engine_matches_local_engine(local_ray, color_bundle, images, tmp_path):
     local = run_job(color_bundle, [images], tmp_path / "local.jsonl", top_k=3, batch_size=4)
     remote = run_job(color_bundle, [images], tmp_path / "ray.jsonl", top_k=3, batch_size=4,
-                     engine="ray", actors=2, threads=1)
+                     engine="ray", actors=2, decode_threads=1)
     assert (remote.ok, remote.failed) == (local.ok, local.failed) == (30, 2)
     want = {r.path: r for r in read_results(tmp_path / "local.jsonl")}
     got = read_results(tmp_path / "ray.jsonl")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from graft.runtime.results import read_results
+from graft.runtime.outputs import read_results
 from models import solid_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def test_kill_9_then_resume_writes_every_input_exactly_once(color_bundle, many_i
     folder, colors = many_images
     out = tmp_path / f"out.{suffix}"
     args = ["predict", str(color_bundle), str(folder), "-o", str(out), "--batch-size", "2",
-            "--threads", "1", "--top-k", "1", "--no-progress"]
+            "--decode-threads", "1", "--top-k", "1", "--no-progress"]
     if suffix == "parquet":
         args += ["--chunk-rows", "8"]
     job = subprocess.Popen(_graft(*args), env=ENV, stdout=subprocess.PIPE,

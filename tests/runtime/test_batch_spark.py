@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from graft.runtime.batch import run_job
-from graft.runtime.results import read_results
+from graft.runtime.outputs import read_results
 from models import solid_image
 
 pytest.importorskip("pyspark")

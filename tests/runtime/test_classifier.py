@@ -7,7 +7,7 @@ from PIL import Image
 
 from graft.errors import BundleError, DeviceError, GraftError, IntegrityError
 from graft.runtime import Classifier, Prediction
-from graft.runtime.engines import resolve_providers
+from graft.runtime.onnx_engine import resolve_providers
 
 
 def test_bundle_and_single_file_predict_the_colour(color_bundle, color_onnx, color_images):

@@ -14,7 +14,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_importing_the_runtime_loads_no_tensorflow():
-    proc = run_python("import sys, json, graft.runtime, graft.runtime.engines, graft.runtime.results; "
+    proc = run_python("import sys, json, graft.runtime, graft.runtime.engines, graft.runtime.inputs, graft.runtime.outputs, graft.runtime.pipeline; "
                       f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

@@ -228,9 +228,11 @@ def test_streamed_body_over_the_limit_is_413(client):
 
 
 def test_decompression_bomb_is_refused_before_decoding(client):
-    bomb = png_header_only(100_000, 100_000)
+    bomb = png_header_only(20_000, 5_000)  # 100 M pixels in 69 bytes; the server allows 1 M
     message = error_of(client.post("/v2/models/colors/classify", content=bomb), 413)
-    assert "100000x100000 = 10000000000 pixels exceeds the limit of 1000000" in message
+    assert "20000x5000 = 100000000 pixels exceeds the limit of 1000000" in message
+    huge = png_header_only(100_000, 100_000)  # past Pillow's own bomb limit too
+    assert "10000000000 pixels" in error_of(client.post("/v2/models/colors/classify", content=huge), 413)
     request = {"inputs": [{"name": "pixels", "shape": [2], "datatype": "BYTES",
                            "data": [base64.b64encode(x).decode() for x in (image_bytes("red"), bomb)]}]}
     assert error_of(client.post("/v2/models/colors/infer", json=request), 413).startswith("image 2 of 2: ")
@@ -260,8 +262,61 @@ def test_request_past_its_deadline_is_504(client):
     assert "passed its deadline" in error_of(client.post("/v2/models/colors/infer", json=request), 504)
 
 
+def test_timeout_zero_sets_no_deadline_as_in_triton(client):
+    request = tensor_request(solid("blue").astype(np.float32), parameters={"timeout": 0})
+    out = client.post("/v2/models/colors/infer", json=request)
+    assert out.status_code == 200, out.text
+    assert np.argmax(out.json()["outputs"][0]["data"]) == 2
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "BYTES"])
+def test_a_batch_over_max_batch_size_is_400(client, datatype):
+    limit = client.get("/v2/models/colors/config").json()["max_batch_size"]
+    n = limit + 1
+    if datatype == "BYTES":
+        request = {"inputs": [{"name": "pixels", "shape": [n], "datatype": "BYTES",
+                               "data": [base64.b64encode(image_bytes("red")).decode()] * n}]}
+    else:
+        request = tensor_request(solid("red", n).astype(np.float32))
+    message = error_of(client.post("/v2/models/colors/infer", json=request), 400)
+    assert message == (f"input 'pixels': a batch of {n} exceeds the model's max_batch_size of {limit} "
+                       f"(see /config); send at most {limit} per request")
+    request["inputs"][0]["shape"][0] = limit
+    if datatype == "BYTES":
+        request["inputs"][0]["data"] = request["inputs"][0]["data"][:limit]
+    else:
+        request = tensor_request(solid("red", limit).astype(np.float32))
+    out = client.post("/v2/models/colors/infer", json=request)
+    assert out.status_code == 200 and out.json()["outputs"][0]["shape"] == [limit, 3]
+
+
+# ------------------------------------------------------------- the model repository
+def test_repository_index_lists_every_version_ready(client):
+    ready = [{"name": "colors", "version": "1", "reason": "", "state": "READY"},
+             {"name": "colors", "version": "2", "reason": "", "state": "READY"},
+             {"name": "plain", "version": "3", "reason": "", "state": "READY"}]
+    assert client.post("/v2/repository/index").json() == ready
+    assert client.post("/v2/repository/index", json={"ready": True}).json() == ready
+    assert "model_repository" in client.get("/v2").json()["extensions"]
+    assert error_of(client.post("/v2/repository/index", json={"ready": 3}), 400) == \
+        "'ready' must be true or false; received 3"
+    assert "not valid JSON" in error_of(client.post("/v2/repository/index", content=b"{"), 400)
+    assert "Method Not Allowed" in error_of(client.get("/v2/repository/index"), 405)
+
+
+def test_repository_load_and_unload_are_refused_with_a_reason(client):
+    message = error_of(client.post("/v2/repository/models/plain/load"), 400)
+    assert message == ("explicit model load / unload is not allowed: graft serve loads every model under "
+                       "MODEL_OR_REPOSITORY at startup; restart it to load 'plain'")
+    assert "to unload 'colors'" in error_of(client.post("/v2/repository/models/colors/unload", json={}), 400)
+    assert "unknown model 'nope'" in error_of(client.post("/v2/repository/models/nope/load"), 404)
+    assert "Not Found" in error_of(client.post("/v2/repository/models/plain/reload"), 404)
+
+
 # ------------------------------------------------------------- concurrency, metrics
-def test_concurrent_requests_are_answered_correctly_and_batched(client, server):
+def test_concurrent_requests_each_get_their_own_answer(client, server):
+    """96 concurrent uploads: every answer is the right one (batching itself is asserted,
+    deterministically, in test_server_batcher.py)."""
     colors = [LABELS[i % 3] for i in range(96)]
     before = _metrics(client)
 
@@ -278,8 +333,8 @@ def test_concurrent_requests_are_answered_correctly_and_batched(client, server):
     after = _metrics(client)
     key = '{model="plain",version="3"}'
     assert after["nv_inference_count_total" + key] - before.get("nv_inference_count_total" + key, 0) == 96
-    executions = after["nv_inference_exec_count_total" + key] - before.get("nv_inference_exec_count_total" + key, 0)
-    assert 1 <= executions <= 96
+    successes = "nv_inference_request_success_total" + key
+    assert after[successes] - before.get(successes, 0) == 96
 
 
 def _metrics(client) -> dict[str, float]:
@@ -308,6 +363,18 @@ def test_metrics_count_successes_failures_and_durations(client):
 def test_openapi_document_describes_the_routes(client):
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    for path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{name}/infer",
-                 "/v2/models/{name}/versions/{version}/infer", "/v2/models/{name}/classify", "/metrics"):
+    for path in ("/", "/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{name}/infer",
+                 "/v2/models/{name}/versions/{version}/infer", "/v2/models/{name}/classify", "/metrics",
+                 "/v2/repository/index", "/v2/repository/models/{name}/load"):
         assert path in doc["paths"], path
+    assert list(doc["paths"]["/"]["get"]["responses"]["200"]["content"]) == ["text/html"]
+
+
+def test_the_page_is_self_contained_html(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+    html = response.text
+    assert '<input id="file" type="file" accept="image/*">' in html and "classify?top_k=" in html
+    assert not re.search(r"(src|href)=[\"'](https?:)?//", html)  # no external assets

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 
@@ -13,7 +14,7 @@ import pytest
 from graft.runtime.server.batcher import Batcher
 from graft.runtime.server.errors import DeadlineExceeded, Unavailable
 
-from server_harness import ThreadServer, image_bytes
+from server_harness import image_bytes, metric, raw_request, thread_server, wait_for
 
 
 class Gate:
@@ -149,40 +150,120 @@ def test_a_forming_batch_waits_for_requests_still_arriving():
     assert run(main()) == ([2], 1.0)
 
 
+def test_stop_answers_503_to_requests_taken_into_a_running_batch():
+    async def main():
+        gate = Gate()
+        batcher = Batcher(gate, max_batch_size=4, name="m:1")
+        first = await started(batcher, gate, rows(1))  # taken off the queue, running, held
+        queued = asyncio.create_task(batcher.submit(rows(2)))
+        await asyncio.sleep(0.02)
+        stopping = asyncio.create_task(batcher.stop())
+        outcomes = await asyncio.wait_for(asyncio.gather(first, queued, return_exceptions=True), 5)
+        gate.open.set()  # the running batch finishes in its thread; stop() waits for it off the loop
+        await asyncio.wait_for(stopping, 10)
+        return outcomes
+
+    outcomes = run(main())
+    assert [type(o) for o in outcomes] == [Unavailable, Unavailable]
+    assert all(str(o) == "model 'm:1': the server is shutting down" for o in outcomes)
+
+
+def test_a_cancelled_request_leaves_the_queue_and_is_not_computed():
+    async def main():
+        gate = Gate()
+        batcher = Batcher(gate, max_batch_size=8)
+        first = await started(batcher, gate, rows(1))
+        leaving = asyncio.create_task(batcher.submit(rows(2)))
+        staying = asyncio.create_task(batcher.submit(rows(3)))
+        await asyncio.sleep(0.02)
+        assert batcher.queued == 2
+        leaving.cancel()
+        await asyncio.sleep(0)
+        queued_after_cancel = batcher.queued
+        gate.open.set()
+        results = await asyncio.gather(first, staying)
+        await batcher.stop()
+        return queued_after_cancel, gate.batches, [r[0].item() for r in results]
+
+    assert run(main()) == (1, [1, 1], [1.0, 3.0])
+
+
+def test_a_dead_collector_answers_what_it_held_and_everything_after_with_503():
+    async def main():
+        gate = Gate()
+        batcher = Batcher(gate, max_batch_size=8, name="m:1")
+        first = await started(batcher, gate, rows(1))
+        queued = asyncio.create_task(batcher.submit(rows(2)))
+        await asyncio.sleep(0.02)
+
+        def broken(stats):
+            raise ValueError("boom")
+
+        batcher.on_batch = broken  # raised in the collector after the running batch
+        gate.open.set()
+        held = await asyncio.wait_for(asyncio.gather(first, queued, return_exceptions=True), 5)
+        with pytest.raises(Unavailable) as later:
+            await asyncio.wait_for(batcher.submit(rows(3)), 1)
+        ready = batcher.ready
+        await batcher.stop()
+        return held, str(later.value), ready, batcher.failure
+
+    (first, queued), later, ready, failure = run(main())
+    assert first[0].item() == 1.0  # its rows were set before the observer failed
+    assert isinstance(queued, Unavailable) and later == str(queued)
+    assert later == "model 'm:1' is not ready: the batch worker stopped (ValueError: boom); restart the server"
+    assert ready is False and failure == "the batch worker stopped (ValueError: boom)"
+
+
 # ------------------------------------------------------- the same limits over HTTP
+class HeldServer:
+    """The colour model served in a thread; every batch waits at a gate, then computes for real."""
+
+    def __init__(self, model, **settings):
+        self.gate, self.batches = Gate(), []
+        self._context = thread_server(model, **settings)
+        self.server, internals = self._context.__enter__()
+        self.url = self.server.url
+        (entry,) = internals.repository.entries()
+        real = entry.batcher.run_batch
+
+        def held(pixels):  # wait for the gate, then compute for real
+            self.gate.started.set()
+            self.gate.open.wait(10)
+            self.batches.append(len(pixels))
+            return real(pixels)
+
+        entry.batcher.run_batch = held
+
+    def close(self):
+        self.gate.open.set()
+        self._context.__exit__(None, None, None)
+
+
 @pytest.fixture()
-def held_server(color_bundle):
-    from graft.runtime.server import ServerConfig, create_app, load_repository
+def held(color_bundle):
+    servers = []
 
-    config = ServerConfig(max_queue=1, timeout_ms=3000, max_queue_delay_ms=0)
-    repository = load_repository(color_bundle, config)
-    app, _ = create_app(repository, config)
-    (entry,) = repository.entries()
-    gate, real = Gate(), entry.batcher.run_batch
+    def start(**settings):
+        servers.append(HeldServer(color_bundle, **{"max_queue_delay_ms": 0, **settings}))
+        return servers[-1]
 
-    def held(pixels):
-        gate(pixels[:0])  # wait for the gate, then compute for real
-        return real(pixels)
-
-    entry.batcher.run_batch = held
-    server = ThreadServer(app)
-    yield server, gate
-    gate.open.set()
-    server.stop()
+    yield start
+    for server in servers:
+        server.close()
 
 
 def wait_queued(url: str, count: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-            if line.startswith("nv_inference_pending_request_count{") and float(line.split()[-1]) >= count:
-                return
-        time.sleep(0.02)
-    raise AssertionError(f"fewer than {count} requests were queued")
+    wait_for(lambda: metric(url, PENDING) >= count, timeout, f"{count} queued requests")
 
 
-def test_http_queue_full_is_503_and_deadline_is_504(held_server):
-    server, gate = held_server
+PENDING = 'nv_inference_pending_request_count{model="colors",version="1"}'
+KEY = '{model="colors",version="1"}'
+
+
+def test_http_queue_full_is_503_and_deadline_is_504(held):
+    server = held(max_queue=1, timeout_ms=3000)
+    gate = server.gate
     url = server.url + "/v2/models/colors/classify"
     answers: dict[str, httpx.Response] = {}
 
@@ -203,3 +284,53 @@ def test_http_queue_full_is_503_and_deadline_is_504(held_server):
     gate.open.set()
     first.join(10)
     assert answers["first"].status_code == 504  # it ran past the 3 s timeout while held
+
+
+def test_concurrent_requests_are_batched_into_one_execution(held):
+    """Deterministic batching: 12 requests queue behind a held batch, then run as one execution."""
+    server = held(max_batch_size=32, max_queue=64, timeout_ms=20_000)
+    url = server.url + "/v2/models/colors/classify?top_k=1"
+    colors = ["red", "green", "blue"] * 4
+    answers: dict[int, tuple[int, str]] = {}
+
+    def post(index, color):
+        response = httpx.post(url, content=image_bytes(color), timeout=30)
+        answers[index] = (response.status_code, response.json()["results"][0]["predictions"][0]["label"])
+
+    first = threading.Thread(target=post, args=(-1, "blue"))
+    first.start()
+    assert server.gate.started.wait(10)
+    threads = [threading.Thread(target=post, args=(i, c)) for i, c in enumerate(colors)]
+    for thread in threads:
+        thread.start()
+    wait_queued(server.url, len(colors))
+    server.gate.open.set()
+    for thread in [first, *threads]:
+        thread.join(30)
+    assert answers == {-1: (200, "blue"), **{i: (200, c) for i, c in enumerate(colors)}}
+    assert server.batches == [1, 12]
+    assert metric(server.url, "nv_inference_exec_count_total" + KEY) == 2
+    assert metric(server.url, "nv_inference_count_total" + KEY) == 13
+
+
+def test_a_client_that_disconnects_is_dropped_from_the_queue_and_counted_canceled(held):
+    server = held(timeout_ms=20_000)
+    url = server.url + "/v2/models/colors/classify"
+    answers: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: answers.append(httpx.post(url, content=image_bytes("red"),
+                                                                      timeout=30)))
+    first.start()
+    assert server.gate.started.wait(10)
+    with socket.create_connection(("127.0.0.1", server.server.port)) as leaving:
+        leaving.sendall(raw_request("POST", "/v2/models/colors/classify", image_bytes("green")))
+        wait_queued(server.url, 1)
+    # the socket is closed: its queued item leaves at once, before any batch runs
+    wait_for(lambda: metric(server.url, PENDING) == 0, 5, "the queued item being dropped")
+    canceled = 'nv_inference_request_failure_total{model="colors",reason="CANCELED",version="1"}'
+    wait_for(lambda: metric(server.url, canceled) == 1, 5, "one CANCELED failure")
+    server.gate.open.set()
+    first.join(30)
+    assert answers[0].status_code == 200
+    assert server.batches == [1]  # the departed client's image was never computed
+    assert metric(server.url, "nv_inference_request_success_total" + KEY) == 1
+    assert metric(server.url, "nv_inference_count_total" + KEY) == 1

@@ -60,3 +60,24 @@ def test_errors_reach_the_client(triton):
         triton.infer("colors", inputs)
     with pytest.raises(InferenceServerException, match="unknown model 'other'"):
         triton.get_model_metadata("other")
+
+
+def test_model_repository_index_and_control(triton):
+    assert "model_repository" in triton.get_server_metadata()["extensions"]
+    assert triton.get_model_repository_index() == [
+        {"name": "colors", "version": "1", "state": "READY", "reason": ""}]
+    with pytest.raises(InferenceServerException, match="explicit model load / unload is not allowed"):
+        triton.load_model("colors")
+    with pytest.raises(InferenceServerException, match="restart it to unload 'colors'"):
+        triton.unload_model("colors")
+    assert triton.is_model_ready("colors")  # refusing to unload left it serving
+
+
+def test_the_clients_timeout_is_in_microseconds(triton):
+    pixels = np.full((1, 16, 16, 3), 20.0, np.float32)
+    pixels[..., 1] = 220.0
+    inputs = [httpclient.InferInput("pixels", [1, 16, 16, 3], "FP32")]
+    inputs[0].set_data_from_numpy(pixels)
+    assert triton.infer("colors", inputs, timeout=10_000_000).as_numpy("probs").argmax() == 1  # 10 s
+    with pytest.raises(InferenceServerException, match="passed its deadline"):
+        triton.infer("colors", inputs, timeout=1)  # 1 us

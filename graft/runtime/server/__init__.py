@@ -16,19 +16,35 @@ import time
 
 from graft.runtime.server.config import ServerConfig
 
-__all__ = ["ServerConfig", "serve", "create_app", "load_repository"]
+__all__ = ["ServerConfig", "serve", "create_app", "load_repository", "uvicorn_config"]
 
 
 def create_app(repository, config: ServerConfig | None = None):
+    """The ASGI app for a loaded repository, and the ``Server`` behind it (routes, state, metrics)."""
     from graft.runtime.server.app import create_app as _create_app
 
     return _create_app(repository, config)
 
 
 def load_repository(path, config: ServerConfig):
+    """Load the model file, bundle or ``NAME/VERSION/`` repository at ``path`` as ``config`` says."""
     from graft.runtime.server.repository import load_repository as _load
 
-    return _load(path, device=config.device, threads=config.threads, max_pixels=config.max_pixels)
+    return _load(path, device=config.device, model_threads=config.model_threads, max_pixels=config.max_pixels)
+
+
+def uvicorn_config(app, config: ServerConfig):
+    """uvicorn's settings for ``app``, with the process-wide limit of ``config.limit_concurrency``.
+
+    uvicorn answers 503 to a request when its own connection makes the count of
+    open connections reach its limit, so it is given one more than ours: with
+    ``limit_concurrency=N``, N connections are served and a request on one more gets 503.
+    """
+    import uvicorn
+
+    limit = None if config.limit_concurrency is None else config.limit_concurrency + 1
+    return uvicorn.Config(app, log_level=config.log_level, access_log=False, lifespan="on",
+                          timeout_graceful_shutdown=config.drain_timeout_s, limit_concurrency=limit)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -52,17 +68,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def serve(path, config: ServerConfig | None = None, echo=print) -> None:
     """Load the models under ``path`` and serve them until SIGTERM/SIGINT."""
-    import uvicorn
-
     config = config or ServerConfig()
     repository = load_repository(path, config)
     app, routes = create_app(repository, config)
     sock = bind_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
     models = ", ".join(f"{e.name}:{e.version}" for e in repository.entries())
-    uv_config = uvicorn.Config(app, log_level=config.log_level, access_log=False,
-                               timeout_graceful_shutdown=config.drain_timeout_s, lifespan="on")
-    server = _draining_server_class()(uv_config, routes.state, config.drain_timeout_s)
+    server = _draining_server_class()(uvicorn_config(app, config), routes.state, config.drain_timeout_s)
     echo(f"serving {models} on http://{host if ':' not in host else f'[{host}]'}:{port}")
     sys.stdout.flush()
     server.run(sockets=[sock])

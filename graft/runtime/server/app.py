@@ -1,9 +1,8 @@
-"""The Starlette app: Open Inference Protocol routes, /classify, /metrics, /openapi.json."""
+"""The Starlette app: the page, Open Inference Protocol routes, /classify, /metrics, /openapi.json."""
 
 from __future__ import annotations
 
 import asyncio
-
 import contextlib
 import functools
 import json
@@ -16,23 +15,25 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from graft import __version__
-from graft.errors import GraftError, ImageTooLarge, UnsupportedImage
-from graft.runtime.server import openapi
+from graft.errors import GraftError
+from graft.runtime.server import openapi, page
 from graft.runtime.server.batcher import Batcher
 from graft.runtime.server.config import ServerConfig
-from graft.runtime.server.errors import (BadRequest, PayloadTooLarge, ServerError,
-                                         Unavailable, UnsupportedMediaType)
+from graft.runtime.server.errors import BadRequest, RequestTimeout, ServerError, Unavailable
+from graft.runtime.server.intake import (ClientWatch, as_server_error, decode_images, read_body,
+                                         uploaded_images)
 from graft.runtime.server.metrics import Metrics
-from graft.runtime.server.protocol import HEADER_LENGTH, parse_infer, infer_response
+from graft.runtime.server.protocol import HEADER_LENGTH, infer_response, parse_infer, parse_json
 from graft.runtime.server.repository import ModelEntry, Repository
 
 PARSE_IN_THREAD_BYTES = 32 * 1024  # bigger JSON bodies are parsed off the event loop
-EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "model_repository"]
+INDEX_BODY_BYTES = 64 * 1024
 
 
 @dataclass
@@ -57,50 +58,9 @@ class InflightMiddleware:
             self.state.inflight -= 1
 
 
-def error_response(exc: Exception) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=getattr(exc, "status", 500))
-
-
-def as_server_error(exc: GraftError) -> ServerError:
-    """Map runtime errors (bad images) onto HTTP errors."""
-    if isinstance(exc, ServerError):
-        return exc
-    if isinstance(exc, ImageTooLarge):
-        return PayloadTooLarge(str(exc))
-    if isinstance(exc, UnsupportedImage):
-        return UnsupportedMediaType(str(exc))
-    return BadRequest(str(exc))
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise BadRequest("the client disconnected before the request body was complete") from None
-    return b"".join(chunks)
-
-
-def decode_images(entry: ModelEntry, images: list[bytes]) -> np.ndarray:
-    """Decode and resize encoded images as the model's contract says (runs in a thread)."""
-    arrays = []
-    for index, data in enumerate(images):
-        where = f"image {index + 1} of {len(images)}: " if len(images) > 1 else ""
-        try:
-            arrays.append(entry.classifier.preprocess([data])[0])
-        except GraftError as exc:
-            raise type(as_server_error(exc))(f"{where}{exc}") from None
-        except Exception as exc:  # a decoder failing on hostile bytes is still bad input
-            raise BadRequest(f"{where}cannot decode image ({type(exc).__name__}: {exc})") from None
-    return np.stack(arrays)
+def error_response(exc: ServerError) -> JSONResponse:
+    headers = {"Connection": "close"} if isinstance(exc, RequestTimeout) else None  # the body is unread
+    return JSONResponse({"error": str(exc)}, status_code=getattr(exc, "status", 500), headers=headers)
 
 
 class Server:
@@ -134,9 +94,13 @@ class Server:
     def routes(self) -> list[Route]:
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
-        routes = [Route("/v2/health/live", self.live), Route("/v2/health/ready", self.ready),
-                  Route("/v2", self.server_metadata), Route("/metrics", self.metrics_page),
-                  Route("/openapi.json", self.openapi_page), Route("/v2/models", self.model_index)]
+        routes = [Route("/", page.index), Route("/v2/health/live", self.live),
+                  Route("/v2/health/ready", self.ready), Route("/v2", self.server_metadata),
+                  Route("/metrics", self.metrics_page), Route("/openapi.json", self.openapi_page),
+                  Route("/v2/models", self.model_index),
+                  Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+                  Route("/v2/repository/models/{name}/{action:str}", self.repository_control,
+                        methods=["POST"])]
         for prefix in (model, versioned):
             routes += [Route(prefix, self.model_metadata), Route(prefix + "/ready", self.model_ready),
                        Route(prefix + "/config", self.model_config),
@@ -155,6 +119,10 @@ class Server:
     async def ready(self, request: Request) -> Response:
         if self.state.draining:
             return error_response(Unavailable("the server is shutting down"))
+        for entry in self.repository.entries():
+            if entry.batcher.failure is not None:
+                return error_response(Unavailable(f"model '{entry.name}:{entry.version}' is not ready: "
+                                                  f"{entry.batcher.failure}; restart the server"))
         return JSONResponse({"ready": True})
 
     async def server_metadata(self, request: Request) -> Response:
@@ -177,6 +145,9 @@ class Server:
         entry = self.entry(request)
         if self.state.draining:
             return error_response(Unavailable(f"model {entry.name!r}: the server is shutting down"))
+        if entry.batcher.failure is not None:
+            return error_response(Unavailable(f"model {entry.name!r} version {entry.version} is not "
+                                              f"ready: {entry.batcher.failure}; restart the server"))
         return JSONResponse({"name": entry.name, "ready": True})
 
     async def model_config(self, request: Request) -> Response:
@@ -198,6 +169,33 @@ class Server:
     async def openapi_page(self, request: Request) -> Response:
         return JSONResponse(openapi.document(__version__))
 
+    # -- the model repository extension ---------------------------------------
+    async def repository_index(self, request: Request) -> Response:
+        """Triton's index: every model version with its state; ``{"ready": true}`` keeps ready ones."""
+        body = await read_body(request, INDEX_BODY_BYTES, self.config.body_timeout_s)
+        ready_only = False
+        if body.strip():
+            ready_only = parse_json(body).get("ready", False)
+            if not isinstance(ready_only, bool):
+                raise BadRequest(f"'ready' must be true or false; received {json.dumps(ready_only)[:40]}")
+        rows = []
+        for name in sorted(self.repository.models):
+            for version in self.repository.versions(name):
+                batcher = self.repository.get(name, version).batcher
+                if batcher.ready or not ready_only:
+                    rows.append({"name": name, "version": version, "reason": batcher.failure or "",
+                                 "state": "READY" if batcher.ready else "UNAVAILABLE"})
+        return JSONResponse(rows)
+
+    async def repository_control(self, request: Request) -> Response:
+        """Load and unload: refused, as Triton refuses them when model control is off."""
+        name, action = request.path_params["name"], request.path_params["action"]
+        if action not in ("load", "unload"):
+            raise HTTPException(404)
+        self.repository.get(name)  # 404 for an unknown model
+        raise BadRequest(f"explicit model load / unload is not allowed: graft serve loads every model "
+                         f"under MODEL_OR_REPOSITORY at startup; restart it to {action} {name!r}")
+
     # -- inference ------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
         return await self._run(request, self._infer)
@@ -208,54 +206,68 @@ class Server:
     async def _run(self, request: Request, handler) -> Response:
         """Resolve the model, run ``handler`` and count the outcome in the metrics."""
         entry = self.entry(request)
-        start, reason = time.perf_counter(), None
+        start, reason, watch = time.perf_counter(), None, ClientWatch()
         try:
-            return await handler(request, entry, time.monotonic())
+            return await handler(request, entry, time.monotonic(), watch)
         except GraftError as exc:
             error = as_server_error(exc)
             reason = error.reason
             return error_response(error)
-        except asyncio.CancelledError:  # the client went away mid-request: not a success
+        except asyncio.CancelledError:  # the task itself was cancelled mid-request: not a success
             reason = "CANCELED"
             raise
         except Exception:
             reason = "BACKEND"
             raise
         finally:
+            watch.close()
             self.metrics.request_done(entry.name, entry.version, time.perf_counter() - start, reason)
 
     def _deadline(self, arrived: float, timeout_us: int | None = None) -> float:
+        """Triton's rule: ``timeout`` (microseconds) may shorten the server's timeout; 0 sets none."""
         timeout_s = self.config.timeout_ms / 1000
-        if timeout_us is not None:
+        if timeout_us:
             timeout_s = min(timeout_s, timeout_us / 1e6)
         return arrived + timeout_s
 
-    async def _decode(self, entry: ModelEntry, images: list[bytes]) -> np.ndarray:
-        work = functools.partial(decode_images, entry, images)
-        return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
+    async def _body(self, request: Request, watch: ClientWatch) -> bytes:
+        body = await read_body(request, self.config.max_body_bytes, self.config.body_timeout_s)
+        watch.start(request)
+        return body
 
-    async def _infer(self, request: Request, entry: ModelEntry, arrived: float) -> Response:
+    async def _decode(self, entry: ModelEntry, images: list[bytes], deadline: float,
+                      watch: ClientWatch) -> np.ndarray:
+        work = functools.partial(decode_images, entry, images, self.config.max_request_pixels,
+                                 deadline, watch.gone)
+        return await watch.run(anyio.to_thread.run_sync(work, limiter=self.decode_limiter))
+
+    async def _infer(self, request: Request, entry: ModelEntry, arrived: float,
+                     watch: ClientWatch) -> Response:
         with entry.batcher.arriving():
-            body = await read_body(request, self.config.max_body_bytes)
+            body = await self._body(request, watch)
             header = request.headers.get(HEADER_LENGTH)
+            limit = self.config.max_batch_size
             if len(body) > PARSE_IN_THREAD_BYTES:
-                parsed = await run_in_threadpool(parse_infer, body, header, entry)
+                parsed = await run_in_threadpool(parse_infer, body, header, entry, limit)
             else:
-                parsed = parse_infer(body, header, entry)
+                parsed = parse_infer(body, header, entry, limit)
+            deadline = self._deadline(arrived, parsed.timeout_us)
             pixels = parsed.pixels
             if pixels is None:
-                pixels = await self._decode(entry, parsed.images)
-        probs, _ = await entry.batcher.submit(pixels, self._deadline(arrived, parsed.timeout_us))
+                pixels = await self._decode(entry, parsed.images, deadline, watch)
+        probs, _ = await watch.run(entry.batcher.submit(pixels, deadline))
         content, headers = infer_response(entry, parsed, probs)
         return Response(content, headers=headers)
 
-    async def _classify(self, request: Request, entry: ModelEntry, arrived: float) -> Response:
+    async def _classify(self, request: Request, entry: ModelEntry, arrived: float,
+                        watch: ClientWatch) -> Response:
         top_k = _top_k(request.query_params.get("top_k"), len(entry.labels))
+        deadline = self._deadline(arrived)
         with entry.batcher.arriving():
-            body = await read_body(request, self.config.max_body_bytes)
-            names, images = await _uploaded_images(request, body)
-            pixels = await self._decode(entry, images)
-        probs, _ = await entry.batcher.submit(pixels, self._deadline(arrived))
+            body = await self._body(request, watch)
+            names, images = await uploaded_images(request, body)
+            pixels = await self._decode(entry, images, deadline, watch)
+        probs, _ = await watch.run(entry.batcher.submit(pixels, deadline))
         results = [{"filename": name, "predictions": [{"label": p.label, "score": p.score} for p in row]}
                    for name, row in zip(names, entry.classifier.top_k(probs, top_k))]
         return JSONResponse({"model_name": entry.name, "model_version": entry.version, "results": results})
@@ -267,30 +279,6 @@ def _top_k(value: str | None, classes: int) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 1000:
         raise BadRequest(f"top_k must be an integer from 1 to 1000; received {value[:40]!r}")
     return min(int(value), classes)
-
-
-async def _uploaded_images(request: Request, body: bytes) -> tuple[list[str | None], list[bytes]]:
-    """A raw image body, or the files of a multipart/form-data upload."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        if not body:
-            raise BadRequest("empty request body; send the image bytes, or a multipart upload "
-                             "with a file field named 'image'")
-        return [None], [body]
-
-    async def replay():
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=64, max_fields=64)
-    except HTTPException as exc:
-        raise BadRequest(f"malformed multipart upload: {exc.detail}") from None
-    except Exception as exc:  # the multipart parser's own errors
-        raise BadRequest(f"malformed multipart upload: {exc}") from None
-    files = [value for _, value in form.multi_items() if not isinstance(value, str)]
-    if not files:
-        raise BadRequest("the multipart upload carries no file; send the image as a file field named 'image'")
-    return [f.filename for f in files], [await f.read() for f in files]
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

@@ -6,7 +6,12 @@ and other requests for the same model are still being read or decoded, it waits
 up to ``max_queue_delay`` for them. A lone request is never delayed. The batch
 runs in a worker thread (one per model version, so the event loop stays free),
 and each request gets its own rows back. A request whose deadline passes while
-it is queued is dropped from the batch and answered 504.
+it is queued is dropped from the batch and answered 504; one whose caller stops
+waiting (its client went away) leaves the queue at once.
+
+If the collector itself dies (an exception escapes it), the batcher records why,
+answers everything it holds and every later request 503 at once, and reports
+itself not ready, so the server's readiness turns 503 and it gets restarted.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +28,8 @@ from typing import Callable
 import numpy as np
 
 from graft.runtime.server.errors import DeadlineExceeded, ServerError, Unavailable
+
+log = logging.getLogger("graft.serve")
 
 
 @dataclass
@@ -59,32 +67,57 @@ class Batcher:
         self.name = name
         self.on_batch = on_batch
         self._items: collections.deque[_Item] = collections.deque()
+        self._batch: list[_Item] = []  # taken off the queue: being gathered or running
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._arriving = 0
+        self.failure: str | None = None  # why the collector died; None while it runs
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"graft-{self.name}")
         self._task = asyncio.get_running_loop().create_task(self._collect())
+        self._task.add_done_callback(self._collector_done)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        while self._items:
-            item = self._items.popleft()
-            if not item.future.done():
-                item.future.set_exception(Unavailable("the server is shutting down"))
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        """Stop collecting; answer 503 to every request still held (queued or in a batch)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # a dead one was logged
+                await task
+        self._fail_held(Unavailable(f"model {self.name!r}: the server is shutting down"))
+        if self._executor is not None:  # a running batch finishes in its thread; wait off the loop
+            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
     @property
     def queued(self) -> int:
         return len(self._items)
+
+    @property
+    def ready(self) -> bool:
+        """True while the collector runs (started, not stopped, not dead)."""
+        return self._task is not None and self.failure is None
+
+    def _collector_done(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self.failure = f"the batch worker stopped ({type(exc).__name__}: {exc})"
+        log.error("model %s: %s", self.name, self.failure, exc_info=exc)
+        self._fail_held(self._unavailable())
+
+    def _unavailable(self) -> Unavailable:
+        return Unavailable(f"model {self.name!r} is not ready: {self.failure}; restart the server")
+
+    def _fail_held(self, error: ServerError) -> None:
+        held, self._batch = [*self._batch, *self._items], []
+        self._items.clear()
+        for item in held:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     # -- requests -------------------------------------------------------------
     @contextlib.contextmanager
@@ -100,6 +133,8 @@ class Batcher:
 
     async def submit(self, pixels: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, float]:
         """Queue ``pixels`` (n, H, W, 3); return (probabilities (n, C), seconds spent queued)."""
+        if self.failure is not None:
+            raise self._unavailable()
         if self._task is None:
             raise Unavailable(f"model {self.name!r} is not running")
         if len(self._items) >= self.max_queue:
@@ -114,8 +149,17 @@ class Batcher:
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), remaining)
         except asyncio.TimeoutError:
-            item.future.cancel()
+            self._abandon(item)
             raise DeadlineExceeded(_late(self.name, "while queued or running")) from None
+        except asyncio.CancelledError:  # the caller stopped waiting (e.g. its client went away)
+            self._abandon(item)
+            raise
+
+    def _abandon(self, item: _Item) -> None:
+        """Nobody waits for ``item`` any more: leave the queue now (a running batch still runs)."""
+        item.future.cancel()
+        with contextlib.suppress(ValueError):
+            self._items.remove(item)
 
     # -- the collector --------------------------------------------------------
     async def _collect(self) -> None:
@@ -124,12 +168,13 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = await self._gather()
+            self._batch = []
+            batch = await self._gather(self._batch)
             if batch:
                 await self._execute(batch)
+            self._batch = []
 
-    async def _gather(self) -> list[_Item]:
-        batch: list[_Item] = []
+    async def _gather(self, batch: list[_Item]) -> list[_Item]:
         count = self._take(batch, 0)
         limit = time.monotonic() + self.max_queue_delay_s
         while count < self.max_batch_size and self._arriving > 0:
@@ -165,6 +210,9 @@ class Batcher:
         return count
 
     async def _execute(self, batch: list[_Item]) -> None:
+        batch = [item for item in batch if not item.future.done()]  # abandoned while gathering
+        if not batch:
+            return
         start = time.perf_counter()
         pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([i.pixels for i in batch])
         loop = asyncio.get_running_loop()

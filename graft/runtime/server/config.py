@@ -6,9 +6,21 @@ from dataclasses import dataclass
 
 from graft.runtime.preprocess import DEFAULT_MAX_PIXELS
 
+DEFAULT_MAX_REQUEST_PIXELS = 2 * DEFAULT_MAX_PIXELS
+
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """How ``graft serve`` listens, batches and limits requests.
+
+    Limits per image: ``max_pixels`` (width x height from the header). Per
+    request: ``max_body_bytes``, ``max_request_pixels`` (the sum over its
+    images, from their headers, before any is decoded), ``body_timeout_s`` (to
+    receive the whole body) and ``timeout_ms`` (to answer). Per process:
+    ``limit_concurrency`` (open connections; a request on one more gets 503) and
+    ``max_queue`` per model version.
+    """
+
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch_size: int = 32
@@ -16,8 +28,11 @@ class ServerConfig:
     max_queue: int = 256              # queued requests per model version; more get 503
     timeout_ms: float = 30_000.0      # a request older than this gets 504
     device: str = "auto"
-    threads: int | None = None        # ONNX Runtime intra-op threads per model
+    model_threads: int | None = None  # ONNX Runtime intra-op / LiteRT threads per model
     max_body_bytes: int = 32 * 1024 * 1024
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = DEFAULT_MAX_PIXELS                  # per image
+    max_request_pixels: int | None = DEFAULT_MAX_REQUEST_PIXELS  # summed over one request's images
+    body_timeout_s: float | None = 60.0  # a body not received within this time gets 408
+    limit_concurrency: int | None = 1024  # open connections served; a request on one more gets 503
     drain_timeout_s: float = 30.0     # after SIGTERM, wait at most this long for in-flight requests
     log_level: str = "info"

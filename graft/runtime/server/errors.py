@@ -26,6 +26,13 @@ class NotFound(ServerError):
     reason = "REJECTED"
 
 
+class RequestTimeout(ServerError):
+    """The client sent its body too slowly (``--body-timeout-s``)."""
+
+    status = 408
+    reason = "REJECTED"
+
+
 class PayloadTooLarge(ServerError):
     status = 413
     reason = "REJECTED"
@@ -37,7 +44,7 @@ class UnsupportedMediaType(ServerError):
 
 
 class Unavailable(ServerError):
-    """The queue is full or the server is shutting down."""
+    """The queue is full, the model's batch worker stopped, or the server is shutting down."""
 
     status = 503
     reason = "UNAVAILABLE"
@@ -46,3 +53,13 @@ class Unavailable(ServerError):
 class DeadlineExceeded(ServerError):
     status = 504
     reason = "TIMEOUT"
+
+
+class ClientGone(ServerError):
+    """The client closed the connection before its answer was ready; nobody reads this answer.
+
+    499 is nginx's "client closed request"; it only ever reaches the metrics (reason CANCELED).
+    """
+
+    status = 499
+    reason = "CANCELED"

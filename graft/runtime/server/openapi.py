@@ -41,6 +41,10 @@ _CLASSIFY_RESPONSE = {
             "filename": {"type": "string", "nullable": True},
             "predictions": {"type": "array", "items": {"type": "object", "properties": {
                 "label": {"type": "string"}, "score": {"type": "number"}}}}}}}}}
+_REPOSITORY_INDEX = {"type": "array", "items": {
+    "type": "object", "required": ["name", "state", "reason"], "properties": {
+        "name": {"type": "string"}, "version": {"type": "string"},
+        "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]}, "reason": {"type": "string"}}}}
 _MODEL_METADATA = {
     "type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"], "properties": {
         "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
@@ -54,7 +58,8 @@ def _json(schema: dict, description: str = "OK") -> dict:
 
 def _errors(*codes: int) -> dict:
     text = {400: "Malformed request", 404: "Unknown model or version", 405: "Method not allowed",
-            413: "Body or image too large", 415: "Not a supported image", 503: "Queue full or shutting down",
+            408: "Body not received in time", 413: "Body, image or request pixels too large",
+            415: "Not a supported image", 503: "Queue full, model not ready, or shutting down",
             504: "Deadline passed"}
     return {str(code): _json(_ERROR, text[code]) for code in codes}
 
@@ -68,7 +73,7 @@ def _params(versioned: bool) -> list[dict]:
 
 def _model_paths(prefix: str, versioned: bool) -> dict:
     params = _params(versioned)
-    infer_errors = _errors(400, 404, 413, 415, 503, 504)
+    infer_errors = _errors(400, 404, 408, 413, 415, 503, 504)
     return {
         prefix: {"get": {"summary": "Model metadata", "parameters": params,
                          "responses": {"200": _json(_MODEL_METADATA), **_errors(404)}}},
@@ -94,13 +99,31 @@ def _model_paths(prefix: str, versioned: bool) -> dict:
     }
 
 
+def _repository_paths() -> dict:
+    name = _params(False)
+    refused = {"summary": "Refused: models are loaded at startup (as Triton without model control)",
+               "parameters": name, "responses": _errors(400, 404)}
+    return {
+        "/v2/repository/index": {"post": {
+            "summary": "Model repository index (Triton's model repository extension)",
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"ready": {"type": "boolean"}}}}}},
+            "responses": {"200": _json(_REPOSITORY_INDEX), **_errors(400, 408, 413)}}},
+        "/v2/repository/models/{name}/load": {"post": refused},
+        "/v2/repository/models/{name}/unload": {"post": refused},
+    }
+
+
 def document(version: str) -> dict:
     simple = lambda summary, schema, *codes: {"get": {  # noqa: E731
         "summary": summary, "responses": {"200": _json(schema), **_errors(*codes)}}}
     flag = lambda key: {"type": "object", "properties": {key: {"type": "boolean"}}}  # noqa: E731
     paths = {
+        "/": {"get": {"summary": "A page to try the models on an image", "responses": {"200": {
+            "description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         "/v2/health/live": simple("Liveness", flag("live")),
-        "/v2/health/ready": simple("Readiness (503 while shutting down)", flag("ready"), 503),
+        "/v2/health/ready": simple("Readiness (503 while shutting down or when a model is not ready)",
+                                   flag("ready"), 503),
         "/v2": simple("Server metadata", {"type": "object", "required": ["name", "version", "extensions"],
                                           "properties": {"name": {"type": "string"},
                                                          "version": {"type": "string"},
@@ -112,9 +135,11 @@ def document(version: str) -> dict:
             "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         **_model_paths("/v2/models/{name}", False),
         **_model_paths("/v2/models/{name}/versions/{version}", True),
+        **_repository_paths(),
     }
     return {"openapi": "3.0.3",
             "info": {"title": "graft inference server", "version": version,
                      "description": "The Open Inference Protocol (KServe v2) REST API with the "
-                                    "classification and binary tensor data extensions, and /classify."},
+                                    "classification, binary tensor data, model configuration and model repository "
+                                    "(index) extensions, /classify and a page at /."},
             "paths": paths}

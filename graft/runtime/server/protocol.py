@@ -83,7 +83,13 @@ def _no_constant(name: str):
     raise BadRequest(f"{name} is not a valid JSON number; send finite numbers")
 
 
-def parse_infer(body: bytes, header_length: str | None, entry: ModelEntry) -> InferRequest:
+def parse_infer(body: bytes, header_length: str | None, entry: ModelEntry,
+                max_batch_size: int | None = None) -> InferRequest:
+    """Check an inference request (JSON header and binary data) against ``entry``.
+
+    A batch of more than ``max_batch_size`` (what /config advertises) is refused
+    from its shape, before its data is read.
+    """
     text, binary = split_body(body, header_length)
     doc = parse_json(text)
     request = InferRequest(output_name=entry.output_name)
@@ -94,12 +100,13 @@ def parse_infer(body: bytes, header_length: str | None, entry: ModelEntry) -> In
     params = _object(doc.get("parameters"), "parameters")
     request.timeout_us = _optional_int(params.get("timeout"), "parameters.timeout", 0)
     binary_all = _optional_bool(params.get("binary_data_output"), "parameters.binary_data_output")
-    _parse_inputs(doc.get("inputs"), binary, entry, request)
+    _parse_inputs(doc.get("inputs"), binary, entry, request, max_batch_size)
     _parse_outputs(doc.get("outputs"), entry, request, bool(binary_all))
     return request
 
 
-def _parse_inputs(inputs: object, binary: bytes, entry: ModelEntry, request: InferRequest) -> None:
+def _parse_inputs(inputs: object, binary: bytes, entry: ModelEntry, request: InferRequest,
+                  max_batch_size: int | None) -> None:
     if not isinstance(inputs, list) or len(inputs) != 1:
         got = f"{len(inputs)} inputs" if isinstance(inputs, list) else _kind(inputs)
         raise BadRequest(f"'inputs' must be a list with one input named {entry.input_name!r}; "
@@ -122,6 +129,9 @@ def _parse_inputs(inputs: object, binary: bytes, entry: ModelEntry, request: Inf
         raise BadRequest(f"{len(binary)} bytes follow the JSON header but no input sets binary_data_size")
     if size is None and "data" not in tensor:
         raise BadRequest(f"input {name!r} has no 'data' (and no binary_data_size)")
+    if datatype in ("BYTES", *TENSOR_TYPES) and shape and max_batch_size and shape[0] > max_batch_size:
+        raise BadRequest(f"input {name!r}: a batch of {shape[0]} exceeds the model's max_batch_size of "
+                         f"{max_batch_size} (see /config); send at most {max_batch_size} per request")
     if datatype == "BYTES":
         request.images = _images(tensor.get("data"), binary if size is not None else None, shape, name)
     elif datatype in TENSOR_TYPES:

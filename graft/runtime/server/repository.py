@@ -97,11 +97,19 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def load_repository(path: str | Path, device: str = "auto", threads: int | None = None,
+def load_repository(path: str | Path, device: str = "auto", model_threads: int | None = None,
                     max_pixels: int | None = None) -> Repository:
-    """Load every model under ``path`` (see the module docstring for the layouts)."""
+    """Load every model under ``path`` (see the module docstring for the layouts).
+
+    Args:
+        path: a model file, a bundle directory, or a folder of ``NAME/VERSION/``.
+        device: "auto", "cpu" or "gpu", as ``Classifier.load`` takes it.
+        model_threads: ONNX Runtime intra-op (or LiteRT) threads per model; None lets the engine choose.
+        max_pixels: the largest image (width x height) each model will decode.
+    """
     path = Path(path)
-    load = lambda p: Classifier.load(p, device=device, model_threads=threads, max_pixels=max_pixels)  # noqa: E731
+    load = lambda p: Classifier.load(p, device=device, model_threads=model_threads,  # noqa: E731
+                                     max_pixels=max_pixels)
     if not path.exists():
         raise BundleError(f"{path}: no such model file, bundle or repository")
     if path.is_file() or is_bundle(path):

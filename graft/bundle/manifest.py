@@ -1,20 +1,21 @@
-"""The bundle: a directory with model.keras, graft.json and exports/.
+"""graft.json, the manifest: the single record of a model.
 
-``graft.json`` (the manifest) is the single record of a model. Each exported
-file also carries the portable part of it (labels, input spec, preprocessing),
-so one file is enough to deploy. This module imports only the standard library.
+Schema version, labels, input spec, preprocessing contract, backbone and
+weights, training, dataset fingerprint, metrics, exports. The preprocessing
+contract's ``size`` is the one record of the model's input size; the input spec
+names the tensor, its dtype and layout. Each exported file also carries the
+portable part of the manifest (``portable_manifest``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from graft.bundle.files import atomic_write_bytes, locked
 from graft.errors import BundleError
 
 SCHEMA_VERSION = 1
@@ -45,45 +46,15 @@ def preprocessing_contract(height: int, width: int, resize: str = "stretch",
     }
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def input_spec(name: str = "pixels", dtype: str = "float32") -> dict:
+    """The model input: an NHWC batch of RGB pixels; its size is ``preprocessing.size``."""
+    return {"name": name, "dtype": dtype, "layout": "NHWC", "channels": 3}
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success.
-
-    An interrupted or failed write leaves neither a half-written file nor the
-    temporary one behind. ``suffix`` ends the temporary name (some writers check it).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a bundle is for others to read too
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def input_shape(manifest: dict) -> list:
+    """[None, H, W, 3] from the preprocessing contract (the one record of the size)."""
+    height, width = manifest["preprocessing"]["size"]
+    return [None, int(height), int(width), 3]
 
 
 def validate_manifest(manifest: object, source: str) -> dict:
@@ -116,6 +87,7 @@ def validate_manifest(manifest: object, source: str) -> dict:
 
 
 def parse_manifest(text: str | bytes, source: str) -> dict:
+    """Parse and validate a manifest's JSON text."""
     try:
         manifest = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -128,6 +100,7 @@ def is_bundle(path: str | os.PathLike) -> bool:
 
 
 def read_manifest(bundle: str | os.PathLike) -> dict:
+    """The bundle's graft.json, validated; BundleError when it is missing or malformed."""
     path = Path(bundle, MANIFEST_NAME)
     if not path.is_file():
         raise BundleError(f"{bundle}: not a graft bundle (no {MANIFEST_NAME}); "
@@ -136,9 +109,23 @@ def read_manifest(bundle: str | os.PathLike) -> dict:
 
 
 def write_manifest(bundle: str | os.PathLike, manifest: dict) -> None:
+    """Validate and write graft.json atomically (callers that read first hold ``updating``)."""
     validate_manifest(manifest, str(bundle))
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
     atomic_write_bytes(Path(bundle, MANIFEST_NAME), text.encode())
+
+
+@contextmanager
+def updating(bundle: str | os.PathLike) -> Iterator[dict]:
+    """Read graft.json under the bundle's lock, let the caller change it, write it back.
+
+        with updating(bundle) as manifest:
+            manifest["exports"].append(row)
+    """
+    with locked(bundle):
+        manifest = read_manifest(bundle)
+        yield manifest
+        write_manifest(bundle, manifest)
 
 
 def portable_manifest(manifest: dict) -> dict:
@@ -148,15 +135,15 @@ def portable_manifest(manifest: dict) -> dict:
 
 def record_export(bundle: str | os.PathLike, entry: dict) -> dict:
     """Add or replace (by relative path) an exported artifact's row in graft.json."""
-    manifest = read_manifest(bundle)
-    rows = [row for row in manifest.get("exports", []) if row.get("path") != entry["path"]]
-    rows.append(entry)
-    manifest["exports"] = sorted(rows, key=lambda row: row["path"])
-    write_manifest(bundle, manifest)
+    with updating(bundle) as manifest:
+        rows = [row for row in manifest.get("exports", []) if row.get("path") != entry["path"]]
+        rows.append(entry)
+        manifest["exports"] = sorted(rows, key=lambda row: row["path"])
     return manifest
 
 
 def find_export(manifest: dict, fmt: str, precision: str = "float32") -> dict | None:
+    """The export row of ``fmt``:``precision``, or None."""
     for row in manifest.get("exports", []):
         if row.get("format") == fmt and row.get("precision") == precision:
             return row

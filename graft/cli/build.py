@@ -1,0 +1,65 @@
+"""`graft build` and `graft demo`."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("data", type=click.Path(path_type=str))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=str),
+              help="Bundle directory to write (model.keras + graft.json).")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="A registered backbone name, or a saved .keras model to cut.")
+@click.option("--cut-layer", default=None, help="Layer of a source .keras model to cut at "
+              "(default: its last pooled feature layer).")
+@click.option("--weights", default=None,
+              help="imagenet (the default for registered backbones), none, or a weights FILE. "
+              "A source .keras model keeps its own weights by default.")
+@click.option("--image-size", type=click.IntRange(16, 1024), default=None,
+              help="Square input size in pixels (default: the backbone's native size).")
+@click.option("--resize", type=click.Choice(["stretch", "crop"]), default="stretch", show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 10000), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option("--val-split", type=click.FloatRange(0, 0.5), default=0.15, show_default=True)
+@click.option("--test-split", type=click.FloatRange(0, 0.5), default=0.15, show_default=True)
+@click.option("--patience", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Early stopping: epochs without val_loss improvement.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--cache-dir", type=click.Path(path_type=str), default=None,
+              help="Feature cache (default: $GRAFT_CACHE or ~/.cache/graft).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at -o (swapped in when complete).")
+def build(data, out, **options):
+    """Train a new head on a frozen backbone from DATA (class folders or a path,label CSV)."""
+    from graft.builder.build import BuildOptions, build_bundle
+
+    manifest = build_bundle(data, out, BuildOptions(**options))
+    print_build_summary(out, manifest)
+
+
+def print_build_summary(out: str, manifest: dict) -> None:
+    metrics = manifest.get("metrics", {})
+    dataset = manifest["dataset"]
+    click.echo(f"bundle: {out}")
+    click.echo(f"classes: {len(manifest['labels'])}  images: {dataset['images']}  "
+               f"skipped: {len(dataset['skipped'])}  split: " +
+               " ".join(f"{k}={v}" for k, v in dataset["split_counts"].items()))
+    for row in dataset["skipped"][:20]:
+        click.echo(f"  skipped {row['path']}: {row['reason']}")
+    if metrics.get("accuracy") is not None:
+        click.echo(f"test accuracy: {metrics['accuracy']:.4f} on {metrics['count']} images")
+
+
+@click.command()
+@click.option("-o", "--output", "out", type=click.Path(path_type=str), default="graft-demo",
+              show_default=True, help="Folder for the sample data and the bundle.")
+def demo(out):
+    """Offline end to end: sample images -> build -> export -> predict."""
+    from graft.demo import run_demo
+
+    run_demo(out, echo=click.echo)
+
+
+COMMANDS = [build, demo]

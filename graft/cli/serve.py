@@ -1,0 +1,54 @@
+"""`graft serve`: the Open Inference Protocol over HTTP; no TensorFlow is imported."""
+
+from __future__ import annotations
+
+import click
+
+from graft.cli.predict import DEVICE_CHOICE
+
+
+@click.command()
+@click.argument("model", metavar="MODEL_OR_REPOSITORY", type=click.Path(path_type=str))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on (0 picks a free one).")
+@click.option("--max-batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Most images run as one batch (1 turns batching off).")
+@click.option("--max-queue-delay-ms", type=click.FloatRange(0, 10_000), default=2.0, show_default=True,
+              help="How long a batch may wait for more requests.")
+@click.option("--max-queue", type=click.IntRange(1, 1_000_000), default=256, show_default=True,
+              help="Queued requests per model version before answering 503.")
+@click.option("--timeout-ms", type=click.FloatRange(1, 3_600_000), default=30_000, show_default=True,
+              help="A request not answered within this time gets 504.")
+@click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
+@click.option("--model-threads", type=click.IntRange(1, 1024), default=None,
+              help="Threads per model: onnxruntime intra-op or LiteRT interpreter (default: all cores).")
+@click.option("--max-body-mb", type=click.FloatRange(0.001, 4096), default=32, show_default=True,
+              help="Largest request body; bigger ones get 413.")
+@click.option("--max-pixels", type=click.IntRange(1), default=50_000_000, show_default=True,
+              help="Largest image (width x height, read from the header before decoding).")
+@click.option("--max-request-pixels", type=click.IntRange(1), default=100_000_000, show_default=True,
+              help="Most pixels per request (width x height summed over its images, read from their "
+              "headers before decoding); more get 413.")
+@click.option("--body-timeout-s", type=click.FloatRange(0.1, 3600), default=60, show_default=True,
+              help="A request body not fully received within this time gets 408 and the connection "
+              "is closed.")
+@click.option("--limit-concurrency", type=click.IntRange(1, 1_000_000), default=1024, show_default=True,
+              help="Most open connections; a request on one more gets 503.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+              default="info", show_default=True)
+def serve(model, max_body_mb, **options):
+    """Serve MODEL_OR_REPOSITORY (a .onnx file, a bundle, or NAME/VERSION/ folders) over HTTP.
+
+    Speaks the Open Inference Protocol (KServe v2, as Triton does) and offers
+    POST /v2/models/NAME/classify for image uploads; a page to try it at /;
+    metrics at /metrics.
+    """
+    from graft.runtime.server import ServerConfig, serve as run_server
+
+    config = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), **options)
+    run_server(model, config, echo=click.echo)
+
+
+COMMANDS = [serve]

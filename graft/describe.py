@@ -23,6 +23,8 @@ def describe_model(path: str) -> list[str]:
                 state = "ok"
             if row.get("status") in ("flagged", "unverified"):
                 state += f" {row['status'].upper()}"
+            if "looser budget" in row.get("flagged", ""):
+                state += " (passes only a looser budget)"
             parity = row.get("parity", {})
             extra = (f"  agreement {parity['top1_agreement']:.2%} max|d| {parity['max_abs_diff']:.1e}"
                      if "top1_agreement" in parity else "")
@@ -34,11 +36,35 @@ def describe_model(path: str) -> list[str]:
     from graft.runtime.engines import open_engine
 
     engine = open_engine(path, device="cpu")
+    standard = _standard_metadata(Path(path), engine.format)
     if engine.manifest is None:
-        return [f"model: {path}", f"format: {engine.format}", "manifest: none embedded"]
+        return [f"model: {path}", f"format: {engine.format}", "manifest: none embedded", *standard]
     lines = _describe_manifest(engine.manifest)
     lines.insert(0, f"model: {path} ({engine.format}, sha256 {sha256_file(path)[:12]})")
-    return lines
+    return lines + standard
+
+
+def _standard_metadata(path: Path, fmt: str) -> list[str]:
+    """What stock tools read: ONNX's model fields and metadata_props, TFLite's standard metadata."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+        props = {k: v for k, v in meta.custom_metadata_map.items() if k != "graft.manifest"}
+        lines = [f"onnx: producer {meta.producer_name} {meta.version and f'model_version {meta.version}'}, "
+                 f"graph {meta.graph_name}"]
+        lines += [f"  {key}: {value}" for key, value in sorted(props.items())]
+        return lines
+    if fmt == "tflite":
+        from graft.runtime.tflite_metadata import associated_files, read_labels
+
+        data = path.read_bytes()
+        labels = read_labels(data, str(path))
+        files = sorted(associated_files(data, str(path)))
+        return [f"tflite metadata: {'standard (MediaPipe Tasks, TFLite Task Library)' if labels else 'none'}; "
+                f"associated files: {', '.join(files) or 'none'}",
+                f"  labels.txt ({len(labels or [])}): {', '.join(labels or [])}"]
+    return []
 
 
 def _describe_manifest(manifest: dict) -> list[str]:

@@ -83,8 +83,15 @@ def export(bundle_dir, fmt, precisions, opset, calibration_size, calibration_met
                             calibration_method=calibration_method, io_dtype=io_dtype,
                             exclude_nodes=[n.strip() for n in exclude_nodes.split(",") if n.strip()],
                             auto_exclude=auto_exclude, data_root=data_root)
-    export_bundle(bundle_dir, registry.select(fmt, precisions), options, verify_exports=not no_verify,
-                  budgets=budgets(**budget_flags), echo=click.echo)
+    from graft.cli.report import after_change
+
+    try:
+        export_bundle(bundle_dir, registry.select(fmt, precisions), options, verify_exports=not no_verify,
+                      budgets=budgets(**budget_flags), echo=click.echo)
+    except CheckFailed:
+        after_change(bundle_dir)  # flagged rows are recorded: the report shows them
+        raise
+    after_change(bundle_dir)
 
 
 @click.command()
@@ -102,7 +109,10 @@ def verify(bundle_dir, model_threads, no_speed, data_root, **budget_flags):
 
     from graft.exporters.verify import COLUMNS, REPORT_JSON, REPORT_MD, table_cells, verify_bundle
 
+    from graft.cli.report import after_change
+
     report = verify_bundle(bundle_dir, budgets(**budget_flags), data_root, model_threads, not no_speed)
+    after_change(bundle_dir)
     table = Table(title=f"{report['bundle']}: {report['images']} {report['split']} images, Keras "
                         f"accuracy {report['keras_accuracy']:.2%}, {report['threads']} threads")
     for i, column in enumerate(COLUMNS):

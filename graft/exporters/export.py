@@ -107,6 +107,10 @@ def produce(ctx: Context, target: registry.Target, held_out: parity.HeldOut | No
         candidate.row["status"] = verdict["status"]
         if "flagged" in verdict:
             candidate.row["flagged"] = verdict["flagged"]
+        if target.format == "tflite":
+            from graft.exporters.mediapipe_check import preprocessing_agreement
+
+            candidate.row["mediapipe"] = preprocessing_agreement(candidate.path, held_out)
     except BaseException:
         candidate.discard()  # never leave an unchecked, unrecorded file behind
         raise

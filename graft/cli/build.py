@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -34,9 +36,12 @@ import click
 def build(data, out, **options):
     """Train a new head on a frozen backbone from DATA (class folders or a path,label CSV)."""
     from graft.builder.build import BuildOptions, build_bundle
+    from graft.cli.report import after_change
 
+    had_report = Path(out, "report.html").is_file()  # the rebuilt bundle replaces the old one whole
     manifest = build_bundle(data, out, BuildOptions(**options))
     print_build_summary(out, manifest)
+    after_change(out, had_report)
 
 
 def print_build_summary(out: str, manifest: dict) -> None:

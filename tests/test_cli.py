@@ -76,11 +76,6 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, dataset, source_model, color
     assert not (tmp_path / "o").exists()
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    result = CliRunner().invoke(cli, ["--debug", "predict", str(tmp_path / "x.onnx"), "a.png"])
-    assert result.exit_code != 0 and result.exception is not None
-
-
 def test_usage_errors_exit_2():
     assert invoke("build").exit_code == 2
     assert invoke("predict", "--top-k", 0, "m", "x").exit_code == 2

@@ -98,15 +98,38 @@ def locked(directory: str | os.PathLike) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def swap_directory(new: str | os.PathLike, target: str | os.PathLike) -> None:
     """Put the complete directory ``new`` at ``target``, replacing what was there.
 
-    With a previous ``target``, two renames within one parent directory: the old
-    one moves aside, the new one takes its name, then the old one is deleted. A
-    crash between the renames leaves the old directory under its ``.old`` name and
-    ``recover_directory`` (called before every build) puts it back.
+    Where the OS can swap two names atomically (Linux), ``target`` is always
+    either the old directory or the new one, even if the process dies mid-swap;
+    the old one ends up at ``new``'s name and is deleted. Elsewhere, two renames:
+    the old one moves aside to ``.NAME.old``, the new one takes its name, and
+    ``recover_directory`` (called before every build) puts the old one back if a
+    crash fell between them.
     """
     new, target = Path(new), Path(target)
+    if target.exists() and exchange(new, target):
+        fsync_dir(target.parent)
+        shutil.rmtree(new, ignore_errors=True)
+        return
     aside = target.parent / f".{target.name}.old"
     if aside.exists():
         shutil.rmtree(aside)

@@ -34,17 +34,42 @@ class DeviceFallbackWarning(RuntimeWarning):
     """``--device auto`` found a GPU provider but the session runs on the CPU."""
 
 
+GPU_INSTALL = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
+RUNTIME_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
+
+
+def onnxruntime_packages() -> list[str]:
+    """The onnxruntime distributions installed: more than one share the module and shadow each other."""
+    from importlib import metadata
+
+    found = []
+    for name in RUNTIME_PACKAGES:
+        try:
+            metadata.version(name)
+            found.append(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def resolve_providers(device: str, available: list[str]) -> list[str]:
     """Map --device to the ONNX Runtime providers to ask for, or raise DeviceError."""
     if device not in DEVICES:
         raise DeviceError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    installed = onnxruntime_packages() if device != "cpu" else []
+    if len(installed) > 1:
+        message = (f"{' and '.join(installed)} are installed side by side and shadow each other; "
+                   f"keep one: pip uninstall -y {' '.join(installed)} && pip install "
+                   f"{'onnxruntime-gpu' if 'onnxruntime-gpu' in installed else installed[-1]}")
+        if device != "auto":
+            raise DeviceError(message)
+        warnings.warn(message, DeviceFallbackWarning, stacklevel=3)
     if device == "auto":
         return [p for p in ("CUDAExecutionProvider", _CPU) if p in available]
     wanted = _DEVICE_PROVIDERS[device]
     if wanted[0] not in available:
         raise DeviceError(f"device {device!r} needs {wanted[0]}, but this onnxruntime offers "
-                          f"only {', '.join(available)}; install graft[gpu] (onnxruntime-gpu) "
-                          "or use --device cpu")
+                          f"only {', '.join(available)}; for CUDA: {GPU_INSTALL}; or use --device cpu")
     return [p for p in wanted if p in available]
 
 

@@ -1,0 +1,117 @@
+"""A build killed at any moment leaves the old bundle whole (or the new one complete), and a
+source model edited in place never reuses features cached for its old version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from graft import bundle
+from graft.builder.build import BuildOptions, build_bundle
+
+KILLER = textwrap.dedent('''
+    import os, signal, sys
+    import graft.bundle.files as files
+    from graft.builder.build import BuildOptions, build_bundle
+
+    data, out, source, cache, step, when = sys.argv[1:7]
+    step, calls = int(step), [0]
+
+    def killing(fn):
+        def wrapper(*args, **kwargs):
+            calls[0] += 1
+            if when == "before" and calls[0] == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = fn(*args, **kwargs)
+            if when == "after" and calls[0] == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+        return wrapper
+
+    os.replace, files.exchange = killing(os.replace), killing(files.exchange)
+    build_bundle(data, out, BuildOptions(backbone=source, epochs=4, lr=1e-2, progress=False,
+                                         cache_dir=cache, overwrite=True))
+    print("calls", calls[0])
+''')
+
+
+def build_killed(dataset, out, source_model, cache, step: int, when: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", KILLER, str(dataset), str(out), str(source_model),
+                           str(cache), str(step), when], capture_output=True, text=True, timeout=300)
+
+
+def assert_whole(out, epochs: int) -> None:
+    """graft.json, splits.json, model.keras and exports all belong to one build."""
+    import keras
+
+    manifest = bundle.read_manifest(out)
+    assert manifest["training"]["hyperparameters"]["epochs"] == epochs
+    rows = bundle.read_splits(out)["samples"]
+    assert len(rows) == manifest["dataset"]["usable"]
+    model = keras.saving.load_model(out / bundle.KERAS_NAME, compile=False)
+    assert model.output.shape[-1] == len(manifest["labels"])
+    for row in manifest["exports"]:
+        assert bundle.sha256_file(out / row["path"]) == row["sha256"]
+
+
+def test_a_killed_rebuild_leaves_the_old_bundle_or_the_new_one(tmp_path, dataset, source_model):
+    from graft.exporters.export import export_onnx
+
+    cache, out = tmp_path / "cache", tmp_path / "colors"
+    build_bundle(dataset, out, BuildOptions(backbone=str(source_model), epochs=3, lr=1e-2,
+                                            progress=False, cache_dir=str(cache)))
+    export_onnx(out)  # the old bundle has an export the rebuild must not strand
+    shutil.copytree(out, tmp_path / "dry")  # a rebuild over an existing bundle, run to the end
+    finished = build_killed(dataset, tmp_path / "dry", source_model, cache, 0, "never")
+    calls = int(finished.stdout.split("calls")[-1])  # durable steps of a warm-cache build
+    assert calls >= 4
+    outcomes = set()
+    for step, when in [(1, "before"), (calls - 1, "before"), (calls, "before"), (calls, "after")]:
+        killed = build_killed(dataset, out, source_model, cache, step, when)
+        assert killed.returncode == -9, killed.stderr[-500:]
+        new = bundle.read_manifest(out)["training"]["hyperparameters"]["epochs"] == 4
+        assert_whole(out, 4 if new else 3)
+        outcomes.add(new)
+        if new:  # a complete new bundle: put the old one back for the next kill point
+            shutil.rmtree(out)
+            shutil.copytree(tmp_path / "dry", out)
+            manifest = bundle.read_manifest(out)
+            manifest["training"]["hyperparameters"]["epochs"] = 3
+            bundle.write_manifest(out, manifest)
+    assert outcomes == {False, True}  # both kinds of survivor were seen
+    build_bundle(dataset, out, BuildOptions(backbone=str(source_model), epochs=2, progress=False,
+                                            cache_dir=str(cache), overwrite=True))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".colors.")]  # leftovers cleaned
+
+
+def test_a_source_model_edited_in_place_gets_fresh_features(tmp_path, dataset):
+    """Same file name, same weights, another Rescaling: the cached features must not be reused."""
+    import keras
+    import numpy as np
+
+    def save_source(scale: float):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((24, 24, 3), name="image")
+        x = keras.layers.Rescaling(scale)(inputs)
+        x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="features")(x)
+        keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x)).save(tmp_path / "source.keras")
+
+    def build(name: str, cache) -> dict:
+        options = BuildOptions(backbone=str(tmp_path / "source.keras"), epochs=5, progress=False,
+                               cache_dir=str(cache))
+        return build_bundle(dataset, tmp_path / name, options)
+
+    save_source(1 / 255)
+    build("first", tmp_path / "shared")
+    save_source(1 / 127.5)                   # edited in place
+    reused = build("again", tmp_path / "shared")
+    fresh = build("fresh", tmp_path / "empty")
+    assert reused["dataset"]["feature_cache_hits"] == 0
+    assert reused["training"]["stages"][0]["history"] == fresh["training"]["stages"][0]["history"]
+    assert np.isclose(reused["backbone"]["feature_spread"], fresh["backbone"]["feature_spread"])

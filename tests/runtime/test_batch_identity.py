@@ -1,0 +1,77 @@
+"""--resume finishes the same job or refuses, leaving the output untouched; memory stays bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from graft.cli import cli
+from graft.runtime.batch import run_job
+from graft.runtime.outputs import OutputError
+from models import color_manifest, make_color_onnx, solid_image
+
+
+@pytest.fixture()
+def images(tmp_path):
+    return [str(solid_image(tmp_path / "imgs" / f"{c}{i}.png", c)) for i in range(3)
+            for c in ("red", "green", "blue")]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_resume_with_another_model_is_refused_and_nothing_changes(tmp_path, images, suffix):
+    first = make_color_onnx(tmp_path / "m1.onnx")
+    manifest = color_manifest()
+    manifest["labels"] = ["r", "g", "b"]
+    second = make_color_onnx(tmp_path / "m2.onnx", manifest=manifest)
+    out = tmp_path / f"out{suffix}"
+    run_job(first, images, out)
+    snapshot = sorted((p.name, p.read_bytes()) for p in ([out] if out.is_file() else out.iterdir()))
+    result = CliRunner().invoke(cli, ["predict", str(second), *images, "-o", str(out), "--resume"])
+    assert result.exit_code == 2
+    assert "written by another job: model_sha256" in result.output
+    assert sorted((p.name, p.read_bytes()) for p in ([out] if out.is_file() else out.iterdir())) == snapshot
+    other_k = CliRunner().invoke(cli, ["predict", str(first), *images, "-o", str(out), "--resume", "--top-k", "2"])
+    assert other_k.exit_code == 2 and "top_k 3 (now 2)" in other_k.output
+    same = CliRunner().invoke(cli, ["predict", str(first), *images, "-o", str(out), "--resume"])
+    assert same.exit_code == 0 and "9 already done" in same.output
+
+
+def test_a_foreign_file_without_a_final_newline_is_not_cut(tmp_path, images):
+    model = make_color_onnx(tmp_path / "m.onnx")
+    out = tmp_path / "notes.csv"
+    out.write_bytes(b"path,labels,scores,error\nmine.png,red,0.9,\npartial line with no newline")
+    before = out.read_bytes()
+    with pytest.raises(OutputError, match="holds rows but no job record"):
+        run_job(model, images, out, resume=True)
+    assert out.read_bytes() == before
+
+
+def test_checking_many_images_needs_no_more_memory_than_a_few(tmp_path, monkeypatch):
+    """The held-out split streams in batches: peak traced memory stays flat as images grow."""
+    import tracemalloc
+
+    from graft import bundle
+    from graft.exporters import parity
+
+    monkeypatch.setattr(parity, "IN_MEMORY_BYTES", 1 << 20)  # as if the split were far too big to keep
+    size = 64
+    model = make_color_onnx(tmp_path / "b" / "exports" / "model.float32.onnx", size)
+    manifest = color_manifest(size)
+    bundle.write_manifest(tmp_path / "b", manifest)
+    files = [solid_image(tmp_path / "img" / f"{c}.png", c, size=(size, size)) for c in ("red", "green", "blue")]
+
+    def peak(count: int) -> int:
+        rows = [{"path": f"{i}.png", "file": str(files[i % 3]), "label": manifest["labels"][i % 3],
+                 "split": "test"} for i in range(count)]
+        bundle.write_splits(tmp_path / "b", tmp_path / "img", rows)
+        held = parity.HeldOut(tmp_path / "b")
+        tracemalloc.start()
+        probs = parity.run_file(model, held)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert probs.shape == (count, 3) and (probs.argmax(1) == held.y).all()
+        return top
+
+    small, large = peak(200), peak(2000)  # 2.5 MB and 25 MB of pixels if held at once
+    assert large < small * 1.5 and large < 8 * 2**20

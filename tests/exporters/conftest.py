@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from edge_models import COLOURS, copy_bundle, make_bundle  # noqa: E402
+from models import COLOURS, copy_bundle, make_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="session")

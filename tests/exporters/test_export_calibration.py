@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_models import copy_bundle
+from models import copy_bundle
 from graft import bundle
 from graft.errors import GraftError
 from graft.exporters import registry

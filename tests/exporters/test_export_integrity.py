@@ -11,7 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from edge_models import copy_bundle
+from models import copy_bundle
 from graft import bundle
 from graft.cli import cli
 from graft.errors import ExportError

@@ -56,7 +56,7 @@ def test_mediapipe_resize_is_bilinear_without_antialiasing():
 
 
 def test_a_crop_contract_is_flagged_for_mediapipe(exported_bundle, tmp_path):
-    from edge_models import copy_bundle
+    from models import copy_bundle
     from graft.exporters.mediapipe_check import preprocessing_agreement
     from graft.exporters.parity import HeldOut
 

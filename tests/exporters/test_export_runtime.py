@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from edge_models import copy_bundle
+from models import copy_bundle
 from graft import bundle
 from graft.errors import BundleError, DeviceError, IntegrityError
 from graft.exporters import registry

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from edge_models import copy_bundle
+from models import copy_bundle
 from graft import bundle
 from graft.cli import cli
 from graft.errors import CheckFailed

@@ -2,10 +2,10 @@
 
     python benchmarks/bench_batch.py [--images 2000] [--repeats 3] [--workdir DIR]
 
-Makes (once, cached in --workdir) 2,000 generated 640x480 JPEGs and a
-MobileNetV2-size ONNX bundle (Keras MobileNetV2, random weights, 224x224,
-converted with tf2onnx; TensorFlow is needed here, not by the runtime). Then
-measures, in the same run, images/s of:
+Makes (once, cached in --workdir) 2,000 640x480 JPEGs cut from scikit-image's
+photographs and a bundle made by `graft build` + `graft export` (EfficientNet-Lite0,
+224x224, ONNX float32; benchmarks/common.py). Then measures, in the same run,
+images/s of:
 
 - graft predict: ``run_job`` over the files into a CSV (decode in threads,
   batched inference, chunked fsynced output), model load included;
@@ -21,7 +21,6 @@ Prints the median of --repeats runs of each and the ratios against the targets
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -31,68 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import bench_bundle, photo_jpegs, write_results  # noqa: E402
 
 from graft import bundle  # noqa: E402
-
-SIZE = 224
-LABELS = [f"class_{i}" for i in range(10)]
-
-
-# ------------------------------------------------------------------ fixtures
-def make_images(directory: Path, count: int, seed: int = 0) -> list[str]:
-    """Photo-like 640x480 JPEGs: smooth random colour fields plus a little noise."""
-    from PIL import Image
-
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = [directory / f"img_{i:05d}.jpg" for i in range(count)]
-    if all(p.exists() for p in paths):
-        return [str(p) for p in paths]
-    rng = np.random.default_rng(seed)
-    for path in paths:
-        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((640, 480), Image.Resampling.BICUBIC)
-        noisy = np.asarray(image, np.int16) + rng.integers(-12, 13, (480, 640, 3), dtype=np.int16)
-        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
-    return [str(p) for p in paths]
-
-
-def make_bundle(directory: Path) -> Path:
-    """A bundle with a MobileNetV2 (224x224, random weights) ONNX export."""
-    onnx_path = directory / "exports" / "model.onnx"
-    if (directory / bundle.MANIFEST_NAME).exists() and onnx_path.exists():
-        return directory
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import onnx
-    import tensorflow as tf
-    import tf2onnx
-
-    keras = tf.keras
-    inputs = keras.Input((SIZE, SIZE, 3), name="pixels")
-    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)  # normalisation lives in the graph
-    backbone = keras.applications.MobileNetV2(weights=None, input_shape=(SIZE, SIZE, 3),
-                                              include_top=False, pooling="avg")
-    outputs = keras.layers.Dense(len(LABELS), activation="softmax")(backbone(scaled))
-    model = keras.Model(inputs, outputs)
-    spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="pixels"),)
-    function = tf.function(lambda x: model(x, training=False))
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=17)
-    manifest = {
-        "schema_version": bundle.SCHEMA_VERSION, "name": "bench-mobilenet_v2",
-        "created": "2026-01-01T00:00:00+00:00", "labels": LABELS,
-        "input": {"name": "pixels", "shape": [None, SIZE, SIZE, 3], "dtype": "float32", "layout": "NHWC"},
-        "output": {"name": "probs", "shape": [None, len(LABELS)], "dtype": "float32"},
-        "preprocessing": bundle.preprocessing_contract(SIZE, SIZE),
-        "backbone": {"name": "mobilenet_v2", "weights": "random"},
-    }
-    onnx.helper.set_model_props(proto, {bundle.METADATA_KEY: json.dumps(bundle.portable_manifest(manifest))})
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    bundle.atomic_write_bytes(onnx_path, proto.SerializeToString())
-    manifest["exports"] = [{"path": "exports/model.onnx", "format": "onnx", "precision": "float32",
-                            "size_bytes": onnx_path.stat().st_size,
-                            "sha256": bundle.sha256_file(onnx_path), "options": {"opset": 17}}]
-    bundle.write_manifest(directory, manifest)
-    return directory
 
 
 # --------------------------------------------------------------------- peers
@@ -116,7 +58,7 @@ def bench_graft(model: Path, paths: list[str], out: Path, args) -> tuple[float, 
     from graft.runtime.batch import run_job
 
     with Timer() as timer:
-        summary = run_job(model, paths, out, batch_size=args.batch_size, threads=args.threads,
+        summary = run_job(model, paths, out, batch_size=args.batch_size, decode_threads=args.threads,
                           model_threads=args.model_threads, overwrite=True, device="cpu")
     if summary.ok != len(paths):
         raise SystemExit(f"graft predict classified {summary.ok} of {len(paths)} images")
@@ -130,7 +72,7 @@ def bench_model_only(model: Path, pixels: np.ndarray, args) -> tuple[float, floa
     clf.predict_pixels(pixels[:args.batch_size], batch_size=args.batch_size)  # warm-up
     with Timer() as timer:
         probs = clf.predict_pixels(pixels, batch_size=args.batch_size)
-    if probs.shape != (len(pixels), len(LABELS)):
+    if probs.shape != (len(pixels), len(clf.labels)):
         raise SystemExit(f"model-only returned {probs.shape}")
     return timer.per_image(len(pixels))
 
@@ -140,12 +82,13 @@ def bench_naive(model: Path, paths: list[str]) -> tuple[float, float]:
     import onnxruntime as ort
     from PIL import Image
 
-    session = ort.InferenceSession(str(model / "exports" / "model.onnx"),
+    session = ort.InferenceSession(str(model / "exports" / "model.float32.onnx"),
                                    providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
+    height, width = bundle.read_manifest(model)["preprocessing"]["size"]
     with Timer() as timer:
         for path in paths:
-            image = Image.open(path).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+            image = Image.open(path).convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
             session.run(None, {name: np.asarray(image, np.float32)[None]})
     return timer.per_image(len(paths))
 
@@ -164,11 +107,11 @@ def main() -> None:
 
     from graft.runtime.preprocess import load_pixels
 
-    model = make_bundle(args.workdir / "bundle")
-    paths = make_images(args.workdir / "images", args.images)
+    model = bench_bundle(args.workdir)
+    paths = photo_jpegs(args.workdir / "images", args.images)
     contract = bundle.read_manifest(model)["preprocessing"]
     pixels = np.stack([load_pixels(p, contract) for p in paths])
-    print(f"{len(paths)} JPEGs 640x480, MobileNetV2 224x224 ONNX, batch {args.batch_size}, "
+    print(f"{len(paths)} JPEGs 640x480, EfficientNet-Lite0 224x224 ONNX float32, batch {args.batch_size}, "
           f"{os.cpu_count()} CPUs, {args.repeats} repeats")
 
     peers = ("graft predict", "model-only", "naive loop")
@@ -199,6 +142,15 @@ def main() -> None:
     print(f"graft predict / naive loop: {vs_naive:.2f}x of medians, {paired['naive loop']:.2f}x "
           f"paired, {cpu_ms['naive loop'] / cpu_ms['graft predict']:.2f}x in CPU time per image "
           f"(target >= 3x: {'met' if vs_naive >= 3 else 'NOT met'})")
+    write_results("bench_batch", {
+        "setup": {"images": len(paths), "image_size": [640, 480], "model": "efficientnet_lite0 224 ONNX float32",
+                  "batch_size": args.batch_size, "repeats": args.repeats},
+        "images_per_s": {peer: round(median[peer], 1) for peer in peers},
+        "cpu_ms_per_image": {peer: round(cpu_ms[peer], 2) for peer in peers},
+        "runs": runs,
+        "graft_vs_model_only": round(vs_model, 3), "graft_vs_naive": round(vs_naive, 2),
+        "ceiling_in_cpu_time": round(cpu_ms["model-only"] / cpu_ms["graft predict"], 3),
+        "targets": {"graft_vs_model_only": 0.85, "graft_vs_naive": 3.0}})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Batch-1 latency of Classifier.predict_pixels on preprocessed input, against calling
+"""Batch-1 latency of Classifier.predict_pixels on preprocessed input (an EfficientNet-Lite0 bundle
+made by graft), against calling
 onnxruntime directly on the same file and against Keras model.predict / model(x).
 
     python benchmarks/bench_predict.py [--runs 300]
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import median, mobilenet_bundle  # noqa: E402
+from common import bench_bundle, median, write_results  # noqa: E402
 
 
 def latencies(fn, runs: int, warmup: int = 20) -> list[float]:
@@ -41,7 +42,7 @@ def main() -> None:
 
     from graft.runtime import Classifier
 
-    bundle_dir = args.bundle or mobilenet_bundle(Path(tempfile.mkdtemp(prefix="graft-bench-predict-")))
+    bundle_dir = args.bundle or bench_bundle(Path(tempfile.gettempdir()) / "graft-bench-predict")
     clf = Classifier.load(bundle_dir, device="cpu")
     pixels = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3)).astype(np.float32)
     session = ort.InferenceSession(clf.source, providers=["CPUExecutionProvider"])
@@ -62,13 +63,18 @@ def main() -> None:
     keras_call = latencies(lambda: model(pixels, training=False), max(30, args.runs // 10), warmup=5)
 
     o, r = median(ours), median(raw)
-    print(f"model: MobileNetV2 head bundle, 224 px, batch 1, {len(ours)} runs, 2 threads default")
+    print(f"model: {Path(bundle_dir).name}, 224 px, batch 1, {len(ours)} runs, onnxruntime's default threads")
     print(f"raw onnxruntime session.run     median {r:7.2f} ms")
     print(f"Classifier.predict_pixels       median {o:7.2f} ms   overhead {100 * (o / r - 1):+.1f}% (target <= 10%)")
     print(f"keras model.predict             median {median(keras_predict):7.2f} ms   "
           f"{median(keras_predict) / o:.1f}x slower than graft")
     print(f"keras model(x)                  median {median(keras_call):7.2f} ms   "
           f"{median(keras_call) / o:.1f}x slower than graft")
+    write_results("bench_predict", {
+        "setup": {"bundle": Path(bundle_dir).name, "runs": len(ours)},
+        "p50_ms": {"classifier": round(o, 3), "onnxruntime": round(r, 3),
+                   "keras_predict": round(median(keras_predict), 2), "keras_call": round(median(keras_call), 2)},
+        "overhead_vs_onnxruntime": round(o / r - 1, 4), "target_overhead": 0.10})
 
 
 if __name__ == "__main__":

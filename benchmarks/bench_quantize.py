@@ -1,10 +1,10 @@
-"""int8 vs float32 on a MobileNetV2-size model at 224 px, ONNX Runtime and LiteRT, in one process.
+"""int8 vs float32 on an EfficientNet-Lite0 bundle at 224 px, ONNX Runtime and LiteRT, in one process.
 
-    python benchmarks/bench_quantize.py BUNDLE [--rounds 7] [--threads N]
+    python benchmarks/bench_quantize.py [BUNDLE] [--rounds 7] [--threads N]
 
-BUNDLE is a graft bundle at 224 px (benchmarks/make_mobilenet_bundle.py makes
-one from scikit-learn's digits). Missing exports are made first with
-`graft export --format all --quantize all`. Prints, for each format, the median
+BUNDLE is a graft bundle at 224 px; without it, one is made by graft build on
+scikit-image's surface photographs with EfficientNet-Lite0 (benchmarks/common.py).
+Missing exports are made first with `graft export --format all --precision all`. Prints, for each format, the median
 batch-32 throughput and batch-1 latency of every precision over interleaved
 rounds, the int8 / float32 ratios, and the accuracy table of `graft verify`.
 """
@@ -68,10 +68,18 @@ def measure(bundle_dir: Path, rounds: int, threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", type=Path)
+    parser.add_argument("bundle", type=Path, nargs="?", default=None)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
+    if args.bundle is None:
+        import sys
+        import tempfile
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from common import bench_bundle
+
+        args.bundle = bench_bundle(Path(tempfile.gettempdir()) / "graft-bench-quantize")
     ensure_exports(args.bundle)
     results = measure(args.bundle, args.rounds, args.threads)
     print(f"\nCPU: {platform.processor() or platform.machine()}, {args.threads} threads, "
@@ -88,8 +96,21 @@ def main() -> None:
 
     from graft.exporters.verify import markdown, verify_bundle
 
-    report = verify_bundle(args.bundle, threads=args.threads)
+    report = verify_bundle(args.bundle, model_threads=args.threads)
     print("\n" + markdown(report))
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import write_results
+
+    write_results("bench_quantize", {
+        "setup": {"bundle": args.bundle.name, "rounds": args.rounds, "threads": args.threads,
+                  "test_images": report["images"], "keras_accuracy": report["keras_accuracy"]},
+        "speed": [{"format": f, "precision": p, "throughput_batch32": round(r["throughput"], 1),
+                   "p50_ms_batch1": round(r["p50_ms"], 2)} for (f, p), r in sorted(results.items())],
+        "verify": [{k: row.get(k) for k in ("format", "precision", "size_bytes", "accuracy", "accuracy_drop",
+                                            "top1_agreement", "max_abs_diff", "passed", "breaches")}
+                   for row in report["rows"]]})
 
 
 if __name__ == "__main__":

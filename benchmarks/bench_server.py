@@ -2,8 +2,9 @@
 
     python benchmarks/bench_server.py [--model BUNDLE_OR_ONNX] [--requests 400]
 
-Without --model it builds a MobileNetV2 (224x224, random weights, 10 classes;
-needs graft[build]) once and caches it under $GRAFT_CACHE or ~/.cache/graft.
+Without --model it makes a bundle with `graft build` + `graft export`
+(EfficientNet-Lite0, 224x224, ONNX float32; benchmarks/common.py; needs
+graft[build]) once, under --workdir.
 For each server (--max-batch-size 32, then 1 = batching off) and each
 concurrency (1, 8, 32, 64), that many clients each send one JPEG to
 POST /v2/models/NAME/classify, wait for the answer and send the next, until
@@ -20,11 +21,11 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,51 +34,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import bench_bundle, write_results  # noqa: E402
 
 CONCURRENCY = (1, 8, 32, 64)
-SIZE = 224  # MobileNetV2's native input
 
 
 # ---------------------------------------------------------------- the model
-def mobilenet_bundle(directory: Path, size: int = SIZE, alpha: float = 1.0) -> Path:
-    """MobileNetV2 (weights=None) with its normalisation inside, exported to ONNX, as a bundle."""
-    if (directory / "graft.json").is_file():
-        return directory
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import onnx
-    import tensorflow as tf
-    import tf2onnx
-
-    from graft import bundle
-
-    inputs = tf.keras.Input((size, size, 3), name="pixels")
-    x = tf.keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    x = tf.keras.applications.MobileNetV2(weights=None, classes=10, alpha=alpha,
-                                          input_shape=(size, size, 3))(x)
-    model = tf.keras.Model(inputs, x)
-    function = tf.function(lambda pixels: model(pixels, training=False))
-    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="pixels"),)
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=17)
-    labels = [f"class{i}" for i in range(10)]
-    manifest = {
-        "schema_version": bundle.SCHEMA_VERSION, "name": "mobilenet_v2", "labels": labels,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "input": {"name": "pixels", "shape": [None, size, size, 3], "dtype": "float32", "layout": "NHWC"},
-        "output": {"name": proto.graph.output[0].name, "shape": [None, 10], "dtype": "float32"},
-        "preprocessing": bundle.preprocessing_contract(size, size),
-        "backbone": {"name": "mobilenet_v2", "alpha": alpha, "weights": "none (random, benchmark only)"},
-    }
-    onnx.helper.set_model_props(proto, {bundle.METADATA_KEY: json.dumps(bundle.portable_manifest(manifest))})
-    path = directory / bundle.EXPORTS_DIR / "model.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bundle.atomic_write_bytes(path, proto.SerializeToString())
-    manifest["exports"] = [{"path": "exports/model.onnx", "format": "onnx", "precision": "float32",
-                            "size_bytes": path.stat().st_size, "sha256": bundle.sha256_file(path),
-                            "options": {"opset": 17}}]
-    bundle.write_manifest(directory, manifest)
-    return directory
-
-
 def sample_jpeg(size: int) -> bytes:
     from PIL import Image
 
@@ -182,9 +146,9 @@ def batch_efficiency(model: Path, batch: int = 32, threads: int | None = None) -
 # ---------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="A bundle or .onnx file (default: MobileNetV2).")
-    parser.add_argument("--mobilenet", default="224,1.0", help="Input size and width (alpha) of the "
-                        "MobileNetV2 built when no --model is given, e.g. 96,0.35.")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="A bundle or .onnx file (default: an EfficientNet-Lite0 bundle made by graft).")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "graft-bench-server")
     parser.add_argument("--requests", type=int, default=256, help="Requests per run.")
     parser.add_argument("--repeats", type=int, default=3, help="Runs per point; medians are quoted.")
     parser.add_argument("--image-size", type=int, default=256, help="Side of the JPEG sent (pixels).")
@@ -192,10 +156,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for "
                         "the servers and the in-process peer (default: ONNX Runtime's choice).")
     args = parser.parse_args()
-    cache = Path(os.environ.get("GRAFT_CACHE", Path.home() / ".cache" / "graft"))
-    size, alpha = args.mobilenet.split(",")
-    model = args.model or mobilenet_bundle(cache / "bench" / f"mobilenet_v2_{size}_{alpha}",
-                                           int(size), float(alpha))
+    model = args.model or bench_bundle(args.workdir)
     body = sample_jpeg(args.image_size)
     one, many = batch_efficiency(model, threads=args.threads)
     print(f"model: {model}  threads: {args.threads or 'default'}\nin-process ms per image: batch 1 {one:.2f}, batch 32 {many:.2f} "
@@ -225,7 +186,18 @@ def main() -> None:
         for server in servers.values():
             server.stop()
     results = {key: tuple(np.median(rows, axis=0)) for key, rows in runs.items()}
-    report(results, float(np.median(peer)) if peer else None, args.concurrency)
+    peer_ms = float(np.median(peer)) if peer else None
+    report(results, peer_ms, args.concurrency)
+    write_results("bench_server", {
+        "setup": {"model": str(model.name), "requests": args.requests, "repeats": args.repeats,
+                  "image_size": args.image_size, "model_threads": args.threads},
+        "in_process_ms_per_image": {"batch1": round(one, 2), "batch32": round(many, 2),
+                                    "batching_ceiling": round(one / many, 2)},
+        "points": [{"server": label, "concurrency": c, "req_per_s": round(float(r[0]), 1),
+                    "p50_ms": round(float(r[1]), 2), "p99_ms": round(float(r[2]), 2)}
+                   for (label, c), r in sorted(results.items())],
+        "in_process_p50_ms": None if peer_ms is None else round(peer_ms, 2),
+        "targets": {"batched_vs_unbatched_c32": 3.0, "p99_over_p50": 3.0, "c1_gap_ms": 2.0}})
 
 
 def report(results, peer_ms, levels) -> None:

@@ -90,8 +90,8 @@ def export_int8(ctx, out: Path) -> dict:
     quant = {"activations": "uint8 per-tensor (asymmetric)", "weights": "int8 per-channel (symmetric)",
              "format": "QDQ", "calibration_method": ctx.options.calibration_method,
              "excluded_nodes": excluded, "float_nodes": kept_float}
-    _restamp(ctx, out, _facts("int8", quantization=quant))
-    return {"opset": ctx.options.opset, **quant, "pre_processed": True, "calibration": facts}
+    opset = _restamp(ctx, out, _facts("int8", quantization=quant), opset=QDQ_OPSET)
+    return {"opset": opset, **quant, "pre_processed": True, "calibration": facts}
 
 
 class CalibrationReader:
@@ -134,13 +134,36 @@ def preprocess_for_quantization(source: Path, out: Path) -> None:
                           f"{first_line(exc, 300)}") from exc
 
 
-def _restamp(ctx, path: Path, export: dict) -> None:
-    """Re-stamp the metadata (quantizers drop or keep it inconsistently), clean up, check."""
+def _restamp(ctx, path: Path, export: dict, opset: int | None = None) -> int:
+    """Re-stamp the metadata (quantizers drop or keep it inconsistently), clean up, check.
+
+    With ``opset``, first move the model to that opset when the ONNX version converter
+    can (else it stays at the conversion's). Returns the file's opset.
+    """
     import onnx
 
     proto = onnx.load(str(path))
+    if opset:
+        proto = _at_opset(proto, opset)
     stamp(proto, ctx.manifest, export)
     save_checked(proto, path)
+    return next(op.version for op in proto.opset_import if (op.domain or "") in ("", "ai.onnx"))
+
+
+QDQ_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear the ONNX reference evaluator runs
+
+
+def _at_opset(proto, opset: int):
+    """``proto`` converted to ``opset`` (checked), or unchanged when the converter cannot."""
+    import onnx
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(proto, opset)
+        onnx.checker.check_model(converted)
+        return converted
+    except Exception:  # an op the converter does not know: the file keeps the conversion's opset
+        return proto
 
 
 def _quiet_ort_logging() -> None:

@@ -56,3 +56,20 @@ def test_dynamic_int8_is_checked_at_batch_1_and_32(exported_bundle):
     assert set(per_batch) == {"1", "32"}
     worst = min(r["top1_agreement"] for r in per_batch.values())
     assert row["parity"]["top1_agreement"] == worst
+
+
+def test_static_int8_runs_in_the_onnx_reference_evaluator(exported_bundle, held_out):
+    """QDQ at opset 19, so the ONNX reference implementation (a generic tool) runs it too."""
+    import onnx
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    path = exported_bundle / "exports" / "model.int8.onnx"
+    model = onnx.load(str(path))
+    assert next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 19
+    row = bundle.find_export(bundle.read_manifest(exported_bundle), "onnx", "int8")
+    assert row["options"]["opset"] >= 19
+    pixels = held_out[0][:4].astype(np.float32)
+    reference = ReferenceEvaluator(model).run(None, {"pixels": pixels})[0]
+    runtime = ort.InferenceSession(str(path)).run(None, {"pixels": pixels})[0]
+    np.testing.assert_allclose(reference, runtime, atol=2e-2)

@@ -21,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from graft.errors import GraftError
+
 SURFACES = ("brick", "grass", "gravel", "moon")
 TILE = 64
 
@@ -30,7 +32,13 @@ def write_dataset(root: Path) -> int:
     import skimage.data
     from PIL import Image
 
+    marker = root / ".graft-demo"
+    if root.exists() and any(root.iterdir()) and not marker.exists():
+        raise GraftError(f"{root}: exists and was not made by `graft demo`; refusing to replace it, "
+                         "choose another -o")
     shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    marker.write_text("written by graft demo; `graft demo` replaces this folder\n")
     count = 0
     for name in SURFACES:
         photo = getattr(skimage.data, name)()

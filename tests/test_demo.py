@@ -21,3 +21,11 @@ def test_demo_transfers_imagenet_knowledge_offline(tmp_path):
     for fmt, precision in (("onnx", "float32"), ("tflite", "int8")):
         row = bundle.find_export(manifest, fmt, precision)
         assert row["status"] == "ok" and (tmp_path / "demo" / "bundle" / row["path"]).is_file()
+
+
+def test_demo_never_replaces_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "demo" / "data").mkdir(parents=True)
+    (tmp_path / "demo" / "data" / "precious.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "demo")])
+    assert result.exit_code == 2 and "was not made by `graft demo`" in result.output
+    assert (tmp_path / "demo" / "data" / "precious.txt").read_text() == "mine"

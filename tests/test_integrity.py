@@ -119,3 +119,109 @@ def test_ray_actors_use_their_cpu_share():
     assert actor_shares(16, actors=4) == (4, 4)
     assert actor_shares(2) == (1, 2)
     assert actor_shares(3, actors=8) == (8, 1)
+
+
+def test_a_compressed_or_huge_associated_file_is_refused(tmp_path):
+    import io
+    import zipfile
+
+    from graft.errors import BundleError
+    from graft.runtime.tflite_metadata import associated_files
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("labels.txt", "a\n" * 1000)
+    with pytest.raises(BundleError, match="compressed or larger than"):
+        associated_files(b"TFL3" + b"\0" * 60 + archive.getvalue(), "bomb.tflite")
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("x", "exports must be a list"),
+    ([{"path": "/etc/passwd", "sha256": "a", "format": "onnx"}], "is not a file under exports/"),
+    ([{"path": "exports/../../x.onnx", "sha256": "a", "format": "onnx"}], "is not a file under exports/"),
+    ([{"path": "exports/model.onnx", "format": "onnx"}], "has no sha256"),
+])
+def test_export_rows_are_checked_when_graft_json_is_read(color_bundle, tmp_path, rows, message):
+    import json
+    import shutil
+
+    from graft import bundle
+    from graft.errors import BundleError
+
+    copy = shutil.copytree(color_bundle, tmp_path / "b")
+    manifest = json.loads((copy / "graft.json").read_text())
+    manifest["exports"] = rows
+    (copy / "graft.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        bundle.read_manifest(copy)
+    result = CliRunner().invoke(cli, ["inspect", str(copy)])
+    assert result.exit_code == 2 and message.split()[0] in result.output
+
+
+def test_without_an_atomic_exchange_a_crash_between_renames_is_recovered(tmp_path, monkeypatch):
+    from graft.bundle import files
+
+    target, new = tmp_path / "bundle", tmp_path / ".bundle.build-1"
+    target.mkdir()
+    (target / "graft.json").write_text("old")
+    new.mkdir()
+    (new / "graft.json").write_text("new")
+    monkeypatch.setattr(files, "exchange", lambda a, b: False)  # no renameat2 here
+    real = os.rename
+
+    def crash_after_moving_aside(src, dst):
+        real(src, dst)
+        if str(dst).endswith(".old"):
+            raise KeyboardInterrupt  # the process dies between the two renames
+
+    monkeypatch.setattr(files.os, "rename", crash_after_moving_aside)
+    with pytest.raises(KeyboardInterrupt):
+        files.swap_directory(new, target)
+    monkeypatch.setattr(files.os, "rename", real)
+    assert not target.exists()
+    files.recover_directory(target)
+    assert (target / "graft.json").read_text() == "old"
+    assert not new.exists()  # an unlocked build folder is a leftover: removed
+
+
+def test_an_int8_input_onnx_model_is_refused_in_one_line(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from graft.errors import BundleError
+    from graft.runtime.engines import open_engine
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.INT8, [1, 4, 4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT8, [1, 4, 4, 3])])
+    path = tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(BundleError, match="the model's input is tensor\\(int8\\)"):
+        open_engine(path, device="cpu")
+
+
+def test_a_report_that_fails_never_changes_the_exit_code(color_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    import graft.report
+
+    copy = shutil.copytree(color_bundle, tmp_path / "b")
+    (copy / "report.html").write_text("old report")
+
+    def broken(*args, **kwargs):
+        raise ValueError("confusion matrix is not square")
+
+    monkeypatch.setattr(graft.report, "write_report", broken)
+    from graft.cli.report import after_change
+
+    after_change(copy)  # no exception
+    assert (copy / "report.html").read_text() == "old report"
+
+
+def test_predict_refuses_options_that_cannot_apply(color_onnx, color_images, tmp_path):
+    image = str(color_images["red"])
+    artifact = CliRunner().invoke(cli, ["predict", str(color_onnx), image, "--artifact", "tflite:int8"])
+    assert artifact.exit_code == 2 and "--artifact picks one export of a bundle" in artifact.output
+    both = CliRunner().invoke(cli, ["predict", str(color_onnx), image, "-o", str(tmp_path / "o.csv"),
+                                    "--resume", "--overwrite"])
+    assert both.exit_code == 2 and "pass one of them" in both.output

@@ -32,6 +32,8 @@ def scan(data: str | Path) -> list[Sample]:
         raise DataError(f"{data}: no such folder or CSV file")
     samples = _scan_csv(data) if data.is_file() else _scan_folders(data)
     labels = sorted({s.label for s in samples})
+    for label in labels:
+        check_label(label, data)
     if not samples:
         raise DataError(f"{data}: no images found; expected one sub-folder per class "
                         "(DATA/cat/*.jpg, DATA/dog/*.jpg) or a CSV of path,label")
@@ -39,6 +41,15 @@ def scan(data: str | Path) -> list[Sample]:
         raise DataError(f"{data}: found a single class ({labels[0]!r}); a classifier needs "
                         "at least two classes")
     return samples
+
+
+def check_label(label: str, source) -> None:
+    """Labels travel in result files (CSV joins them with '|'), labels.txt and HTTP answers:
+    no '|', no line breaks or other control characters, no surrounding spaces."""
+    bad = [ch for ch in label if ch == "|" or ord(ch) < 32 or ord(ch) == 127]
+    if bad or label != label.strip() or not label:
+        raise DataError(f"{source}: class {label!r} cannot be a label (no '|', control characters, "
+                        "line breaks or surrounding spaces); rename it")
 
 
 def _scan_folders(root: Path) -> list[Sample]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from graft.bundle.files import atomic_write_bytes, locked
@@ -83,7 +83,24 @@ def validate_manifest(manifest: object, source: str) -> dict:
     if prep.get("interpolation", "bilinear") not in INTERPOLATIONS:
         raise BundleError(f"{source}: unknown interpolation {prep.get('interpolation')!r}; "
                           f"allowed: {', '.join(INTERPOLATIONS)}")
+    _validate_exports(manifest.get("exports", []), source)
     return manifest
+
+
+def _validate_exports(rows: object, source: str) -> None:
+    """Export rows: a list of objects, each naming a file under exports/ and its sha256."""
+    if not isinstance(rows, list):
+        raise BundleError(f"{source}: manifest exports must be a list; received {type(rows).__name__}")
+    for row in rows:
+        if not isinstance(row, dict):
+            raise BundleError(f"{source}: an export row is not an object: {str(row)[:60]!r}")
+        path = row.get("path")
+        parts = PurePosixPath(path).parts if isinstance(path, str) else ()
+        if len(parts) < 2 or parts[0] != EXPORTS_DIR or ".." in parts or path.startswith("/"):
+            raise BundleError(f"{source}: export path {path!r} is not a file under {EXPORTS_DIR}/; "
+                              "re-run `graft export`")
+        if not isinstance(row.get("sha256"), str) or not isinstance(row.get("format"), str):
+            raise BundleError(f"{source}: export {path!r} has no sha256 or format; re-run `graft export`")
 
 
 def parse_manifest(text: str | bytes, source: str) -> dict:

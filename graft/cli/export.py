@@ -55,7 +55,8 @@ def budgets(f32_min_agreement, f32_max_diff, f16_min_agreement, int8_min_agreeme
 @click.option("--precision", "precisions", multiple=True, callback=_precisions,
               help="float32 (default), float16, dynamic (int8 weights), int8 (static, calibrated) "
               "or all; repeat or separate with commas.")
-@click.option("--opset", type=click.IntRange(13, 18), default=17, show_default=True, help="ONNX opset (tf2onnx).")
+@click.option("--opset", type=click.IntRange(13, 18), default=17, show_default=True,
+              help="ONNX opset of the conversion (tf2onnx); static int8 files move to 19.")
 @click.option("--calibration-size", type=click.IntRange(1, 100000), default=200, show_default=True,
               help="int8: calibration images, drawn class-balanced from the training split.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -51,6 +52,11 @@ def predict(model, inputs, output, top_k, device, artifact, batch_size, decode_t
     """
     if progress is None:
         progress = sys.stderr.isatty()
+    if resume and overwrite:
+        raise GraftError("--resume keeps an output and --overwrite replaces it: pass one of them")
+    if artifact and not Path(model).is_dir():
+        raise GraftError(f"--artifact picks one export of a bundle, but {model} is a single model file; "
+                         "leave it out, or pass the bundle")
     if output is None:
         if resume or overwrite or engine != "local":
             raise GraftError("--resume, --overwrite and --engine ray need an output file (-o OUT)")

@@ -12,7 +12,9 @@ replaces a previous good one.
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,26 +60,34 @@ def export_bundle(bundle_dir: str | Path, targets: list[registry.Target],
         ExportError: a converter or quantizer failed (nothing of that target is changed).
     """
     bundle_dir = Path(bundle_dir)
-    options = (options or ExportOptions()).check_for(targets)
+    options = (options or ExportOptions()).check_for(targets, verify=verify_exports)
     ctx = Context(bundle_dir, options)
     echo = echo or (lambda line: None)
     rows = []
     try:
+        with bundle.locked(bundle_dir):
+            sweep(bundle_dir)
         held_out = parity.HeldOut(bundle_dir, options.data_root) if verify_exports else None
         for target in targets:
             candidate = produce(ctx, target, held_out, budgets)
-            if candidate.row["status"] == "flagged" and target.precision == "int8":
-                candidate = _debug_int8(ctx, target, candidate, held_out, budgets, echo)
-            row = install(bundle_dir, candidate, echo)
+            try:
+                if candidate.row["status"] == "flagged" and target.precision == "int8":
+                    candidate = _debug_int8(ctx, target, candidate, held_out, budgets, echo)
+                row = install(bundle_dir, candidate, echo)
+            finally:
+                candidate.discard()  # installed candidates are gone already; anything else goes now
             echo(summary(row))
             rows.append(row)
     finally:
         ctx.close()
     flagged = [row for row in rows if row["status"] == "flagged"]
     if flagged:
+        kept = [row for row in flagged if row.get("kept_previous")]
         raise CheckFailed(f"{len(flagged)} of {len(rows)} exports break their budget: "
                           + "; ".join(f"{row['path']} ({', '.join(_breaches(row))})" for row in flagged)
-                          + "; they are kept and flagged in graft.json")
+                          + ("; the previous good file was kept for " + ", ".join(r["path"] for r in kept)
+                             if kept else "")
+                          + ("; the others are kept and flagged in graft.json" if len(kept) < len(flagged) else ""))
     return rows
 
 
@@ -93,7 +103,8 @@ def produce(ctx: Context, target: registry.Target, held_out: parity.HeldOut | No
     """Write one target's file under a temporary name and judge it (when ``held_out``)."""
     final = ctx.bundle_dir / bundle.EXPORTS_DIR / target.filename
     final.parent.mkdir(parents=True, exist_ok=True)
-    candidate = Candidate(final.parent / f".{final.name}.{secrets.token_hex(4)}{final.suffix}", {})
+    name = f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}{final.suffix}"  # see sweep()
+    candidate = Candidate(final.parent / name, {})
     try:
         options = target.load()(ctx, candidate.path)
         candidate.row = export_row(ctx.bundle_dir, final, candidate.path, target, options)
@@ -132,21 +143,83 @@ def _check(path: Path, target: registry.Target, held_out: parity.HeldOut, budget
 def install(bundle_dir: Path, candidate: Candidate, echo) -> dict:
     """Give a checked candidate its final name and its graft.json row, under the bundle's lock.
 
-    A flagged candidate does not replace a previous export that is good and intact.
+    A flagged candidate does not replace a previous export that is good and intact. The
+    previous file is kept as ``.NAME.previous`` until the new row is written, so a failure
+    in between puts it back (and ``sweep`` does, after a crash).
     """
     final = bundle_dir / candidate.row["path"]
-    with bundle.updating(bundle_dir) as manifest:
+    with bundle.locked(bundle_dir):
+        manifest = bundle.read_manifest(bundle_dir)
         previous = next((r for r in manifest.get("exports", []) if r.get("path") == candidate.row["path"]), None)
         if candidate.row["status"] == "flagged" and _good(previous, final):
             candidate.discard()
             echo(f"{candidate.row['path']}: the new file breaks its budget; the previous good "
                  "export is kept")
             return {**candidate.row, "kept_previous": True}
+        backup = _backup(final)
         os.replace(candidate.path, final)
         bundle.fsync_dir(final.parent)
-        rows = [r for r in manifest.get("exports", []) if r.get("path") != candidate.row["path"]]
-        manifest["exports"] = sorted(rows + [candidate.row], key=lambda r: r["path"])
+        try:
+            rows = [r for r in manifest.get("exports", []) if r.get("path") != candidate.row["path"]]
+            manifest["exports"] = sorted(rows + [candidate.row], key=lambda r: r["path"])
+            bundle.write_manifest(bundle_dir, manifest)
+        except BaseException:
+            if backup is not None:
+                os.replace(backup, final)
+            else:
+                final.unlink(missing_ok=True)
+            bundle.fsync_dir(final.parent)
+            raise
+        if backup is not None:
+            backup.unlink(missing_ok=True)
     return candidate.row
+
+
+def _backup(final: Path) -> Path | None:
+    """A second name for the current file (a hard link, else a copy), or None when there is none."""
+    if not final.is_file():
+        return None
+    backup = final.with_name(f".{final.name}.previous")
+    backup.unlink(missing_ok=True)
+    try:
+        os.link(final, backup)
+    except OSError:
+        shutil.copy2(final, backup)
+    return backup
+
+
+_CANDIDATE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.[a-z]+$")
+
+
+def sweep(bundle_dir: Path) -> None:
+    """Clean up after export runs that died (call under the bundle's lock): remove candidates
+    whose process is gone, and put back a previous file whose replacement never got its row."""
+    exports = bundle_dir / bundle.EXPORTS_DIR
+    if not exports.is_dir():
+        return
+    rows = {r.get("path"): r for r in bundle.read_manifest(bundle_dir).get("exports", [])}
+    for path in exports.iterdir():
+        match = _CANDIDATE.match(path.name)
+        if match and not _alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+        elif path.name.startswith(".") and path.name.endswith(".previous"):
+            final = path.with_name(path.name[1:-len(".previous")])
+            row = rows.get(final.relative_to(bundle_dir).as_posix())
+            current = bundle.sha256_file(final) if final.is_file() else None
+            if row and current != row.get("sha256") and bundle.sha256_file(path) == row.get("sha256"):
+                os.replace(path, final)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _good(row: dict | None, path: Path) -> bool:
@@ -180,7 +253,11 @@ def auto_exclude(ctx: Context, target, candidate: Candidate, held_out, budgets, 
     """Keep the worst layers in float, more each round, until the budget holds (or give up)."""
     from graft.exporters import debug
 
-    ranking = debug.rank_layers(ctx, target.format, candidate.path)
+    try:
+        ranking = debug.rank_layers(ctx, target.format, candidate.path)
+    except Exception as exc:  # recorded, flagged, without the search
+        candidate.row["flagged"] += f"; the layer debugger failed ({type(exc).__name__}: {str(exc)[:200]})"
+        return candidate
     before = _cost(candidate)
     tried, current = [], candidate
     for count in [n for n in STEPS if n < len(ranking)] + [len(ranking)]:

@@ -50,15 +50,27 @@ class ExportOptions:
         if not isinstance(self.calibration_size, int) or self.calibration_size < 1:
             raise GraftError(f"--calibration-size must be a positive integer; "
                              f"received {self.calibration_size!r}")
-        if not isinstance(self.opset, int) or not 13 <= self.opset <= 21:
-            raise GraftError(f"--opset must be an integer in 13..21; received {self.opset!r}")
+        if not isinstance(self.opset, int) or not 13 <= self.opset <= 18:
+            raise GraftError(f"--opset must be an integer in 13..18 (what tf2onnx converts to); "
+                             f"received {self.opset!r}")
         return self
 
-    def check_for(self, targets) -> "ExportOptions":
+    def check_for(self, targets, verify: bool = True) -> "ExportOptions":
         """Refuse settings that none of ``targets`` (registry.Target) would use."""
         self.check()
         keys = {(t.format, t.precision) for t in targets}
         int8 = {fmt for fmt, precision in keys if precision == "int8"}
+        if self.calibration_size != ExportOptions.calibration_size and not int8:
+            raise GraftError("--calibration-size applies to int8 exports only; add --precision int8 "
+                             "or leave it out")
+        if self.data_root and not verify and not int8:
+            raise GraftError("--data is where the checks and int8 calibration read images; with "
+                             "--no-verify and no int8 export nothing reads it, leave it out")
+        for item in self.exclude_nodes:
+            prefix, sep, _ = item.partition(":")
+            if sep and prefix in ("onnx", "tflite") and prefix not in int8:
+                raise GraftError(f"--exclude-nodes {item}: no {prefix} int8 export is selected; add "
+                                 f"--format {prefix} --precision int8 or drop the name")
         if self.calibration_method != "minmax" and "onnx" not in int8:
             raise GraftError(f"--calibration-method {self.calibration_method} applies to ONNX int8 "
                              "only (TFLite calibrates with min/max); add --format onnx --precision int8 "

@@ -46,10 +46,14 @@ class HeldOut:
         self.rows = rows[:limit] if limit else rows
         self.data_root = data_root
         labels = self.manifest["labels"]
+        unknown = sorted({row["label"] for row in self.rows} - set(labels))
+        if unknown:
+            raise ExportError(f"{bundle_dir}: splits.json names label {unknown[0]!r}, which graft.json "
+                              "does not have; the two files are from different builds, rebuild the bundle")
         self.y = np.array([labels.index(row["label"]) for row in self.rows], dtype=np.int64)
         height, width = self.manifest["preprocessing"]["size"]
-        fits = len(self.rows) * height * width * 3 <= IN_MEMORY_BYTES
-        self._cached: list[np.ndarray] | None = [] if fits else None
+        self._fits = len(self.rows) * height * width * 3 <= IN_MEMORY_BYTES
+        self._cached: list[np.ndarray] | None = None  # set once one pass has decoded every image
         self._reference: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -57,16 +61,18 @@ class HeldOut:
 
     def batches(self, size: int = BATCH) -> Iterator[np.ndarray]:
         """uint8 pixel batches (n, H, W, 3), in row order; decoded once when they fit in memory."""
-        if self._cached:
+        if self._cached is not None:
             yield from self._cached
             return
-        keep = self._cached is not None
+        decoded = []
         for start in range(0, len(self.rows), size):
             pixels = load_rows(self.rows[start:start + size], self.manifest, self.data_root,
                                f"{self.split} image")
-            if keep:
-                self._cached.append(pixels)
+            if self._fits:
+                decoded.append(pixels)
             yield pixels
+        if self._fits:  # only a complete pass is kept
+            self._cached = decoded
 
     def sample(self, count: int) -> np.ndarray:
         """The first ``count`` images (for speed measurements)."""

@@ -45,7 +45,7 @@ def measure_speed(engine, pixels: np.ndarray, seconds: float = 1.5, batch: int =
             times.append(time.perf_counter() - begin)
         return float(np.median(times))
 
-    latency = timed(lambda: engine.run(one), 200)
+    latency = timed(lambda: run_batched(engine, one, 1), 200)
     whole = timed(lambda: run_batched(engine, many, fixed or batch), 50)
     return {"p50_ms_batch1": latency * 1e3, "throughput_batch32": batch / whole}
 
@@ -96,9 +96,11 @@ def verify_row(bundle_dir: Path, row: dict, held_out, budgets, threads: int, sam
             "budget_family": family, "size_bytes": path.stat().st_size if path.is_file() else 0,
             "budget": parity.budget_for(family, budgets)}
     if not path.is_file():
-        return {**base, "passed": False, "breaches": ["file missing"]}
+        return {**base, "passed": False, "breaches": ["file missing"], "sha256": row.get("sha256")}
     if bundle.sha256_file(path) != row.get("sha256"):
-        return {**base, "passed": False, "breaches": ["sha256 differs from graft.json (file changed or damaged)"]}
+        return {**base, "passed": False, "breaches": ["sha256 differs from graft.json (file changed or damaged)"],
+                "sha256": row.get("sha256")}
+    base["sha256"] = row["sha256"]
     result = parity.check_file(path, held_out, base["budget"], threads)
     out = {**base, **{k: result[k] for k in ("accuracy", "keras_accuracy", "accuracy_drop",
                                              "top1_agreement", "max_abs_diff", "images")},
@@ -109,11 +111,17 @@ def verify_row(bundle_dir: Path, row: dict, held_out, budgets, threads: int, sam
 
 
 def _record(bundle_dir: Path, rows: list[dict]) -> None:
+    """Store each result in its graft.json row, if the row still describes the file that was checked
+    (a concurrent `graft export` may have replaced it meanwhile)."""
     by_path = {r["path"]: r for r in rows}
     with bundle.updating(bundle_dir) as manifest:
         for row in manifest.get("exports", []):
             found = by_path.get(row["path"])
-            if found is None or "accuracy" not in found:
+            if found is None or found.get("sha256") != row.get("sha256"):
+                continue
+            if "accuracy" not in found:  # missing or changed: the file cannot be trusted
+                row["status"] = "flagged"
+                row["flagged"] = "; ".join(found["breaches"])
                 continue
             row["verification"] = {k: found[k] for k in ("accuracy", "accuracy_drop", "top1_agreement",
                                                          "max_abs_diff", "images", "passed", "breaches",

@@ -27,7 +27,7 @@ from graft.progress import Progress
 from graft.runtime.classifier import Classifier
 from graft.runtime.inputs import chunked, expand_inputs
 from graft.runtime.outputs import job_record, open_output, output_format
-from graft.runtime.pipeline import Result, decode, decode_pool, finish_batch, load_classifier
+from graft.runtime.pipeline import Result, decode, decode_pool, finish_batch, load_classifier, row_text
 
 ENGINES = ("local", "ray")
 PREFETCH_BATCHES = 2  # batches decoded ahead of the one the model is running
@@ -137,7 +137,7 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
 
             stack.enter_context(ray_job.ray_session(address, num_cpus))
         writer, done = open_output(output, job, resume=resume, overwrite=overwrite)
-        todo = [p for p in paths if p not in done]
+        todo = [p for p in paths if row_text(p) not in done]
         if engine == "ray":
             results = ray_job.iter_ray_predictions(model, todo, top_k=top_k, batch_size=batch_size,
                                                    decode_threads=decode_threads, device=device,
@@ -148,7 +148,7 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
                                        decode_threads=decode_threads, expand=False)
         ok, failed = _write_all(writer, results, len(todo), chunk_rows, progress)
     return JobSummary(str(output), len(paths), len(paths) - len(todo), ok, failed,
-                      sum(done.rows[p] for p in paths if p in done),
+                      sum(done.rows[row_text(p)] for p in paths if row_text(p) in done),
                       time.perf_counter() - started)
 
 

@@ -63,10 +63,19 @@ def open_engine(path: str | os.PathLike, device: str = "auto", threads: int | No
 
 
 def run_batched(engine: Engine, pixels: np.ndarray, batch: int = 32) -> list[np.ndarray]:
-    """Run ``pixels`` through ``engine`` in chunks of ``batch`` (or the model's fixed batch)."""
+    """Run ``pixels`` through ``engine`` in chunks of ``batch``, or of the model's fixed batch
+    size (a short last chunk is padded with copies of its last image, and cut back after)."""
     fixed = engine.input_shape[0] if engine.input_shape else None
     step = fixed or batch
-    return [engine.run(pixels[i:i + step]) for i in range(0, len(pixels), step)]
+    outputs = []
+    for i in range(0, len(pixels), step):
+        chunk = pixels[i:i + step]
+        if fixed and len(chunk) < fixed:
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
+            outputs.append(engine.run(padded)[:len(chunk)])
+        else:
+            outputs.append(engine.run(chunk))
+    return outputs
 
 
 def read_model(path: Path) -> bytes:

@@ -27,7 +27,7 @@ _DEVICE_PROVIDERS = {
 }
 _PROVIDER_DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
                     "TensorrtExecutionProvider": "tensorrt", "OpenVINOExecutionProvider": "openvino"}
-_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
 
 
 class DeviceFallbackWarning(RuntimeWarning):
@@ -104,7 +104,10 @@ class OnnxEngine(Engine):
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in model_input.shape)
-        self.input_dtype = np.dtype(_DTYPES.get(model_input.type, np.float32))
+        if model_input.type not in _DTYPES:
+            raise BundleError(f"{self.path}: the model's input is {model_input.type}; graft feeds RGB "
+                              "pixels 0..255 as float32 or uint8, so it cannot run this model")
+        self.input_dtype = np.dtype(_DTYPES[model_input.type])
         meta = self.session.get_modelmeta().custom_metadata_map
         self.manifest = parse_manifest(meta[METADATA_KEY], str(self.path)) if METADATA_KEY in meta else None
 

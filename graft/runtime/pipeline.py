@@ -51,6 +51,17 @@ class Result:
                 "error": self.error}
 
 
+def row_text(text: str) -> str:
+    """Text that every output format can hold: a file name that is not valid UTF-8 (Python keeps
+    its bytes as surrogates) gets backslash escapes. Paths are rows' keys, so resume compares
+    ``row_text(path)`` too."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def arrow_schema():
     """The rows' Arrow schema (Parquet parts, Ray Data batches)."""
     import pyarrow as pa
@@ -109,12 +120,12 @@ def finish_batch(clf: Classifier, paths: Sequence[str], decoded: Sequence[np.nda
                  top_k: int) -> list[Result]:
     """Run the model on the decoded images of one batch; keep errors in place."""
     good = [i for i, item in enumerate(decoded) if not isinstance(item, str)]
-    results = [Result(path, error=" ".join(item.split()) if isinstance(item, str) else "")
+    results = [Result(row_text(path), error=row_text(" ".join(item.split())) if isinstance(item, str) else "")
                for path, item in zip(paths, decoded)]
     if good:
         probs = clf.predict_pixels(np.stack([decoded[i] for i in good]), batch_size=len(good))
         for i, preds in zip(good, clf.top_k(probs, top_k)):
-            results[i] = Result(paths[i], tuple(p.label for p in preds),
+            results[i] = Result(row_text(paths[i]), tuple(p.label for p in preds),
                                 tuple(float(np.float32(p.score)) for p in preds))
     return results
 

@@ -19,7 +19,8 @@ import os
 from typing import Iterator, Sequence
 
 from graft.errors import GraftError, first_line
-from graft.runtime.pipeline import Result, arrow_table, decode_pool, load_classifier, predict_batch
+from graft.runtime.pipeline import (Result, arrow_table, decode_pool, load_classifier, predict_batch,
+                                    row_text)
 
 
 class RayError(GraftError):
@@ -36,9 +37,10 @@ class BatchPredictor:
         self.pool = decode_pool(decode_threads)
 
     def __call__(self, batch):
-        files, paths = batch["file"].to_pylist(), batch["path"].to_pylist()
+        files = [os.fsdecode(f) for f in batch["file"].to_pylist()]  # bytes: any file name travels
+        paths = batch["path"].to_pylist()
         results = predict_batch(self.clf, files, self.top_k, self.pool)
-        return arrow_table([Result(path, r.labels, r.scores, _own_path(r.error, file, path))
+        return arrow_table([Result(path, r.labels, r.scores, _own_path(r.error, row_text(file), path))
                             for r, file, path in zip(results, files, paths)])
 
 
@@ -66,7 +68,7 @@ def iter_ray_predictions(model: str | os.PathLike, paths: Sequence[str], *, top_
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.execution_options.preserve_order = True
-        items = [{"path": p, "file": os.path.abspath(p)} for p in paths]
+        items = [{"path": row_text(p), "file": os.fsencode(os.path.abspath(p))} for p in paths]
         dataset = ray.data.from_items(items, override_num_blocks=_blocks(len(items), batch_size))
         replicas, share = actor_shares(_cluster_cpus(ray), actors)
         predicted = dataset.map_batches(

@@ -137,15 +137,27 @@ def _buffer(data: bytes, model, index: int) -> bytes:
     return b"" if buffer.DataIsNone() else buffer.DataAsNumpy().tobytes()
 
 
+MAX_ASSOCIATED_BYTES = 16 * 1024 * 1024  # labels and a manifest; anything bigger is not ours
+
+
 def associated_files(data: bytes, source: str = "model") -> dict[str, bytes]:
-    """The files of the zip archive appended to the flatbuffer ({} when there is none)."""
+    """The files of the zip archive appended to the flatbuffer ({} when there is none).
+
+    Only stored (uncompressed) entries of a sane size are read, as the TFLite Metadata
+    format and MediaPipe require, so a hostile file cannot expand into memory.
+    """
     stream = io.BytesIO(bytes(data))
     if not zipfile.is_zipfile(stream):
         return {}
     try:
         with zipfile.ZipFile(stream) as archive:
-            return {info.filename: archive.read(info) for info in archive.infolist()
-                    if not info.is_dir()}
+            entries = [info for info in archive.infolist() if not info.is_dir()]
+            for info in entries:
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_ASSOCIATED_BYTES:
+                    raise BundleError(f"{source}: the associated file {info.filename!r} is compressed or "
+                                      f"larger than {MAX_ASSOCIATED_BYTES} bytes; TFLite metadata files "
+                                      "are stored uncompressed, re-run `graft export`")
+            return {info.filename: archive.read(info) for info in entries}
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise _damaged(source, "archive of associated files", exc) from None
 

@@ -58,3 +58,17 @@ def test_class_count_check_names_the_class():
         check_class_counts({"a": {"train": 5}, "b": {"train": 1}}, skipped)
     with pytest.raises(DataError, match="class 'a' has no image in the training split"):
         check_class_counts({"a": {"train": 0, "test": 3}, "b": {"train": 3}}, [])
+
+
+@pytest.mark.parametrize("label", ["a|b", "tab\tinside"])
+def test_labels_that_outputs_cannot_carry_are_refused(tmp_path, label):
+    from graft.builder.data import scan
+
+    csv = tmp_path / "data.csv"
+    (tmp_path / "x.png").write_bytes(b"")
+    import csv as csvmod
+
+    with open(csv, "w", newline="") as fh:
+        csvmod.writer(fh).writerows([["x.png", label], ["x.png", "fine"]])
+    with pytest.raises(DataError, match="cannot be a label"):
+        scan(csv)

@@ -80,14 +80,21 @@ def test_two_processes_updating_one_bundle_keep_both_rows(exported_bundle, tmp_p
     """One process holds graft.json's lock mid-update; the other waits for it instead of losing a row."""
     out = copy_bundle(exported_bundle, tmp_path / "bundle")
     code = textwrap.dedent(f'''
+        import fcntl
         from graft import bundle
+        real = fcntl.flock
+        def flock(fd, op):
+            print("waiting", flush=True)  # about to take the lock: from here it must block
+            return real(fd, op)
+        fcntl.flock = flock
         bundle.record_export({str(out)!r}, {{"path": "exports/other.onnx", "format": "onnx",
                                              "precision": "float32", "sha256": "b", "size_bytes": 1}})
     ''')
     with bundle.updating(out) as manifest:
-        writer = subprocess.Popen([sys.executable, "-c", code])
-        time.sleep(2.0)  # it has read graft.json by now, if nothing stops it
-        assert writer.poll() is None  # blocked on the lock
+        writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline().strip() == "waiting"  # it reached the lock...
+        time.sleep(0.5)
+        assert writer.poll() is None  # ...and waits there
         manifest["exports"].append({"path": "exports/mine.onnx", "format": "onnx", "precision": "float16",
                                     "sha256": "a", "size_bytes": 1})
     assert writer.wait(timeout=60) == 0
@@ -114,3 +121,66 @@ def test_a_weights_file_path_stays_on_the_build_machine(tmp_path, dataset, sourc
     assert recorded["file"] == "tuned.weights.h5" and recorded["file_sha256"] == bundle.sha256_file(weights)
     for path in (out / "graft.json", out / row["path"]):
         assert str(private).encode() not in path.read_bytes()
+
+
+def test_a_row_that_cannot_be_written_puts_the_previous_file_back(exported_bundle, tmp_path, monkeypatch):
+    out = copy_bundle(exported_bundle, tmp_path / "bundle")
+    before = bundle.find_export(bundle.read_manifest(out), "onnx", "float32")
+    data = (out / before["path"]).read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bundle, "write_manifest", full)
+    with pytest.raises(OSError, match="No space left"):
+        export_bundle(out, [registry.TARGETS[("onnx", "float32")]], verify_exports=False)
+    monkeypatch.undo()
+    assert (out / before["path"]).read_bytes() == data
+    assert bundle.find_export(bundle.read_manifest(out), "onnx", "float32") == before
+    assert sorted(p.name for p in (out / "exports").iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_next_export_cleans_up_after_a_killed_one(exported_bundle, tmp_path):
+    from graft.exporters.export import sweep
+
+    out = copy_bundle(exported_bundle, tmp_path / "bundle")
+    row = bundle.find_export(bundle.read_manifest(out), "onnx", "float16")
+    final = out / row["path"]
+    good = final.read_bytes()
+    # killed after its replacement took the name, before the row was written:
+    (out / "exports" / ".model.float16.onnx.previous").write_bytes(good)
+    final.write_bytes(b"the replacement that never got its row")
+    dead = out / "exports" / ".model.int8.onnx.999999999-0badf00d.onnx"  # a dead process's candidate
+    dead.write_bytes(b"half written")
+    sweep(out)
+    assert final.read_bytes() == good and not dead.exists()
+    assert not [p for p in (out / "exports").iterdir() if p.name.startswith(".")]
+
+
+def test_verify_records_nothing_for_a_file_replaced_meanwhile(exported_bundle, tmp_path):
+    from graft.exporters.verify import _record
+
+    out = copy_bundle(exported_bundle, tmp_path / "bundle")
+    row = bundle.find_export(bundle.read_manifest(out), "onnx", "int8")
+    stale = {"path": row["path"], "sha256": "0" * 64, "accuracy": 0.1, "accuracy_drop": 0.9,
+             "top1_agreement": 0.1, "max_abs_diff": 1.0, "images": 3, "passed": False, "breaches": ["x"],
+             "budget": {}, "budget_default": True, "default_breaches": ["x"], "status": "flagged",
+             "flagged": "stale"}
+    _record(out, [stale])
+    assert bundle.find_export(bundle.read_manifest(out), "onnx", "int8") == row
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(calibration_size=50), "--calibration-size applies to int8 exports only"),
+    (dict(exclude_nodes=["tflite:conv"]), "--exclude-nodes tflite:conv: no tflite int8 export"),
+    (dict(io_dtype="int8"), "--io-dtype int8 applies to TFLite int8 only"),
+    (dict(calibration_method="entropy"), "--calibration-method entropy applies to ONNX int8 only"),
+])
+def test_options_no_target_uses_are_refused(options, message):
+    from graft.errors import GraftError
+    from graft.exporters.options import ExportOptions
+
+    with pytest.raises(GraftError, match=message):
+        ExportOptions(**options).check_for([registry.TARGETS[("onnx", "float32")], registry.TARGETS[("onnx", "int8")]]
+                                           if "tflite" in str(options) or "io_dtype" in options else
+                                           [registry.TARGETS[("tflite", "float32")]])

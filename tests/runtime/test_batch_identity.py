@@ -75,3 +75,36 @@ def test_checking_many_images_needs_no_more_memory_than_a_few(tmp_path, monkeypa
 
     small, large = peak(200), peak(2000)  # 2.5 MB and 25 MB of pixels if held at once
     assert large < small * 1.5 and large < 8 * 2**20
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_a_file_name_that_is_not_utf8_is_one_row_and_resumes(tmp_path, suffix):
+    """Linux file names are bytes; one that is not UTF-8 gets escapes in its row, never stops a job."""
+    import os
+
+    model = make_color_onnx(tmp_path / "m.onnx")
+    folder = tmp_path / "imgs"
+    solid_image(folder / "a.png", "red")
+    odd = os.fsencode(str(folder)) + b"/x\xff.png"
+    with open(odd, "wb") as fh:
+        fh.write((folder / "a.png").read_bytes())
+    out = tmp_path / f"out{suffix}"
+    summary = run_job(model, [folder], out)
+    assert summary.ok == 2 and summary.failed == 0
+    again = run_job(model, [folder], out, resume=True)
+    assert again.resumed == 2 and again.written == 0  # the escaped key matches on resume
+    from graft.runtime.outputs import read_results
+
+    paths = sorted(r.path for r in read_results(out))
+    assert paths[1].endswith("x\\xff.png") and all(r.labels[0] == "red" for r in read_results(out))
+
+
+def test_a_model_with_a_fixed_batch_size_takes_any_number_of_images(tmp_path):
+    from graft.runtime import Classifier
+
+    model = make_color_onnx(tmp_path / "fixed.onnx", fixed_batch=4)
+    images = [solid_image(tmp_path / f"{c}{i}.png", c) for i in range(2) for c in ("red", "green", "blue")]
+    clf = Classifier.load(model, device="cpu")
+    assert [p[0].label for p in clf.predict(images, top_k=1, batch_size=3)] == ["red", "green", "blue"] * 2
+    result = CliRunner().invoke(cli, ["predict", str(model), *map(str, images[:3]), "--top-k", "1"])
+    assert result.exit_code == 0 and result.output.count("\tred ") == 1

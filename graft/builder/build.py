@@ -1,8 +1,9 @@
 """`graft build`: scan, split, extract frozen features once, train the head, write the bundle.
 
-The bundle is written into a sibling directory and swapped in whole, so a
-build killed at any moment leaves the previous bundle untouched (or none), never
-a mix of two builds.
+Features come from ``extraction`` (onnxruntime or Keras, locally or on Ray,
+cached in shards); the head trains from them streamed (``head``). The bundle is
+written into a sibling directory and swapped in whole, so a build killed at any
+moment leaves the previous bundle untouched (or none), never a mix of two builds.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import numpy as np
 import graft
 from graft import bundle
 from graft.builder import data as datamod
-from graft.builder.features import FeatureCache, check_spread, default_cache_dir, extract
-from graft.builder.head import train_head
+from graft.builder.extraction import (ENGINES, EXTRACTORS, ExtractOptions, engine_session,
+                                      extract_features)
+from graft.builder.features import check_spread, default_cache_dir
+from graft.builder.head import predict_rows, train_head
 from graft.builder.metrics import classification_metrics
 from graft.errors import DataError, GraftError
 from graft.progress import Progress
@@ -46,6 +49,18 @@ class BuildOptions:
     cache_dir: str | None = None
     overwrite: bool = False
     progress: bool = True
+    # Feature extraction (docs/build.md): which extractor, where it runs, its threads.
+    extract: str = "auto"            # auto | onnxruntime | keras
+    engine: str = "local"            # local | ray
+    address: str | None = None       # Ray cluster HOST:PORT (--engine ray); None: a local Ray
+    num_cpus: int | None = None      # CPUs of a local Ray
+    actors: int | None = None        # Ray actors (default: one per two CPUs)
+    decode_threads: int | None = None
+    model_threads: int | None = None
+
+    def extraction(self) -> ExtractOptions:
+        return ExtractOptions(self.extract, self.engine, self.address, self.num_cpus, self.actors,
+                              self.decode_threads, self.model_threads, self.batch_size)
 
     def check(self) -> "BuildOptions":
         """Raise GraftError for a value no build could use; return self."""
@@ -66,7 +81,23 @@ class BuildOptions:
             raise GraftError(f"--lr must be a positive number; received {self.lr!r}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or not 16 <= self.image_size <= 1024):
             raise GraftError(f"--image-size must be an integer in 16..1024; received {self.image_size!r}")
+        self._check_extraction()
         return self
+
+    def _check_extraction(self) -> None:
+        for name, allowed in (("extract", EXTRACTORS), ("engine", ENGINES)):
+            if getattr(self, name) not in allowed:
+                raise GraftError(f"--{name} {getattr(self, name)!r} is not known; "
+                                 f"allowed: {', '.join(allowed)}")
+        if self.engine == "ray" and self.extract == "keras":
+            raise GraftError("--engine ray extracts features with onnxruntime on TensorFlow-free "
+                             "workers; drop --extract keras, or use --engine local")
+        if self.engine == "local" and (self.address or self.num_cpus or self.actors):
+            raise GraftError("--address, --num-cpus and --actors apply to --engine ray; add it or drop them")
+        for name in ("num_cpus", "actors", "decode_threads", "model_threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise GraftError(f"--{name.replace('_', '-')} must be a positive integer; received {value!r}")
 
 
 def build_bundle(data: str | Path, out: str | Path, options: BuildOptions | None = None) -> dict:
@@ -90,7 +121,11 @@ def build_bundle(data: str | Path, out: str | Path, options: BuildOptions | None
     check_output(out, options.overwrite)
     samples = datamod.scan(data)
     labels = sorted({s.label for s in samples})
+    with engine_session(options.extraction()):  # --engine ray: join the cluster first, fail fast
+        return _build(samples, labels, data, out, options)
 
+
+def _build(samples, labels, data, out: Path, options: BuildOptions) -> dict:
     import keras
     import tensorflow as tf
 
@@ -107,26 +142,26 @@ def build_bundle(data: str | Path, out: str | Path, options: BuildOptions | None
                       f"the head learns only from what random {options.backbone} features keep")
     size = backbone.image_size
     contract = bundle.preprocessing_contract(size, size, options.resize)
-    cache = FeatureCache(cache_root, backbone.cache_key, contract)
     with Progress(options.progress) as progress:
-        ext = extract(backbone.model, samples, contract, cache, options.batch_size, progress)
+        ext = extract_features(samples, backbone, contract, cache_root, options.extraction(), progress)
         splits = [datamod.split_of(s.rel, options.val_split, options.test_split) for s in ext.samples]
         counts = datamod.class_counts(labels, ext.samples, splits)
         datamod.check_class_counts(counts, ext.skipped)
-        spread = check_spread(ext.features, backbone.info["name"])
+        spread = check_spread(ext.rows, backbone.info["name"])
         y = np.array([labels.index(s.label) for s in ext.samples])
-        part = {name: np.array([s == name for s in splits], bool) for name in datamod.SPLITS}
-        validation = (ext.features[part["val"]], y[part["val"]]) if part["val"].any() else None
-        head, stage = train_head(ext.features[part["train"]], y[part["train"]], validation, len(labels),
+        part = {name: np.flatnonzero([s == name for s in splits]) for name in datamod.SPLITS}
+        validation = (ext.rows.subset(part["val"]), y[part["val"]]) if len(part["val"]) else None
+        head, stage = train_head(ext.rows.subset(part["train"]), y[part["train"]], validation, len(labels),
                                  epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
-                                 dropout=options.dropout, patience=options.patience, progress=progress)
-    test_probs = head.predict(ext.features[part["test"]], verbose=0) if part["test"].any() \
-        else np.zeros((0, len(labels)), np.float32)
+                                 dropout=options.dropout, patience=options.patience, progress=progress,
+                                 seed=options.seed)
+    test_probs = predict_rows(head, ext.rows.subset(part["test"]), len(labels))
     metrics = classification_metrics(y[part["test"]], test_probs.argmax(axis=1), labels)
     model = compose(backbone, head, size)
     manifest = make_manifest(out, data, labels, contract, backbone, options, ext, counts, splits,
                              [stage], metrics)
     manifest["backbone"]["feature_spread"] = round(spread, 6)
+    manifest["dataset"]["extraction"] = ext.record
     rows = split_rows(ext.samples, splits, labels, test_probs)
     write_bundle(out, model, manifest, rows, data)
     return manifest
@@ -175,7 +210,8 @@ def make_manifest(out, data, labels, contract, backbone, options, ext, counts, s
     import tensorflow as tf
 
     hyper = {k: v for k, v in asdict(options).items()
-             if k not in ("cache_dir", "overwrite", "progress", "backbone", "cut_layer", "weights")}
+             if k not in ("cache_dir", "overwrite", "progress", "backbone", "cut_layer", "weights")
+             and (k == "batch_size" or k not in asdict(ExtractOptions()))}  # see dataset.extraction
     return {
         "schema_version": bundle.SCHEMA_VERSION,
         "name": Path(out).resolve().name,

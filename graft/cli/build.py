@@ -33,6 +33,21 @@ import click
 @click.option("--cache-dir", type=click.Path(path_type=str), default=None,
               help="Feature cache (default: $GRAFT_CACHE or ~/.cache/graft).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at -o (swapped in when complete).")
+@click.option("--extract", type=click.Choice(["auto", "onnxruntime", "keras"]), default="auto",
+              show_default=True, help="Feature extractor: onnxruntime on the backbone converted to "
+              "ONNX (parity-checked against Keras), or Keras. auto: onnxruntime, except for a first "
+              "build of under 500 images, where converting costs more than it saves.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where features are extracted: here, or on Ray Data (TensorFlow-free workers).")
+@click.option("--address", default=None, help="Ray cluster HOST:PORT to join (default: start a local Ray).")
+@click.option("--num-cpus", type=click.IntRange(1, 4096), default=None,
+              help="CPUs of the local Ray started when no --address is given.")
+@click.option("--actors", type=click.IntRange(1, 4096), default=None,
+              help="Ray actors extracting features (default: one per two CPUs of the cluster).")
+@click.option("--decode-threads", type=click.IntRange(1, 256), default=None,
+              help="Threads reading and decoding images (default: CPUs, at most 8; on Ray, per actor).")
+@click.option("--model-threads", type=click.IntRange(1, 256), default=None,
+              help="onnxruntime threads (default: onnxruntime's choice; on Ray, the actor's CPU share).")
 def build(data, out, **options):
     """Train a new head on a frozen backbone from DATA (class folders or a path,label CSV)."""
     from graft.builder.build import BuildOptions, build_bundle
@@ -53,8 +68,24 @@ def print_build_summary(out: str, manifest: dict) -> None:
                " ".join(f"{k}={v}" for k, v in dataset["split_counts"].items()))
     for row in dataset["skipped"][:20]:
         click.echo(f"  skipped {row['path']}: {row['reason']}")
+    extraction = dataset.get("extraction")
+    if extraction:
+        click.echo(features_line(extraction))
     if metrics.get("accuracy") is not None:
         click.echo(f"test accuracy: {metrics['accuracy']:.4f} on {metrics['count']} images")
+
+
+def features_line(extraction: dict) -> str:
+    """How the features were computed, in one line."""
+    line = (f"features: {extraction['extractor']} on {extraction['engine']}, {extraction['extracted']} "
+            f"extracted, {extraction['cache_hits']} from the cache")
+    parity = extraction.get("parity") or {}
+    if parity.get("passed") is not None:
+        line += (f"; parity vs Keras: max |diff| {parity['max_abs_diff']:.2g} on {parity['sample']} images "
+                 f"({'passed' if parity['passed'] else 'failed'})")
+    if extraction.get("reason"):
+        line += f"; keras because: {extraction['reason']}"
+    return line
 
 
 @click.command()

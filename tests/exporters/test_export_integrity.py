@@ -141,7 +141,7 @@ def test_a_row_that_cannot_be_written_puts_the_previous_file_back(exported_bundl
 
 
 def test_the_next_export_cleans_up_after_a_killed_one(exported_bundle, tmp_path):
-    from graft.exporters.export import sweep
+    from graft.exporters.install import sweep
 
     out = copy_bundle(exported_bundle, tmp_path / "bundle")
     row = bundle.find_export(bundle.read_manifest(out), "onnx", "float16")

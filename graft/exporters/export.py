@@ -74,7 +74,8 @@ def export_bundle(bundle_dir: str | Path, targets: list[registry.Target],
                           + "; ".join(f"{row['path']} ({', '.join(_breaches(row))})" for row in flagged)
                           + ("; the previous good file was kept for " + ", ".join(r["path"] for r in kept)
                              if kept else "")
-                          + ("; the others are kept and flagged in graft.json" if len(kept) < len(flagged) else ""))
+                          + (("; the others are" if kept else "; they are") + " kept and flagged in graft.json"
+                             if len(kept) < len(flagged) else ""))
     return rows
 
 

@@ -9,7 +9,6 @@ moment leaves the previous bundle untouched (or none), never a mix of two builds
 from __future__ import annotations
 
 import platform
-import secrets
 import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -258,19 +257,15 @@ def write_bundle(out: Path, model, manifest: dict, rows: list[dict], data) -> No
     """
     root = Path(data).resolve()
     root = root.parent if root.is_file() else root
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.build-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        with bundle.locked(staging):  # a later build's clean-up leaves a locked staging alone
-            with bundle.atomic_path(staging / bundle.KERAS_NAME, suffix=".keras") as tmp:
-                model.save(tmp)
-            bundle.write_splits(staging, root, rows)
-            bundle.write_manifest(staging, manifest)
-            bundle.fsync_dir(staging)
+    out = out.resolve() if out.is_symlink() else out  # a linked bundle is replaced where it lives
+    with bundle.staging_directory(out) as staging:  # locked from birth: no clean-up takes it
+        with bundle.atomic_path(staging / bundle.KERAS_NAME, suffix=".keras") as tmp:
+            model.save(tmp)
+        bundle.write_splits(staging, root, rows)
+        bundle.write_manifest(staging, manifest)
+        bundle.fsync_dir(staging)
+        if out.is_dir():
+            with bundle.locked(out):  # no export or verify is halfway through updating it
+                bundle.swap_directory(staging, out)
+        else:
             bundle.swap_directory(staging, out)
-    finally:
-        if staging.exists():
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)

@@ -90,9 +90,18 @@ def locked(directory: str | os.PathLike) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    fd = os.open(Path(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    path = Path(directory, LOCK_NAME)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # a rebuild swapped the directory while we waited: lock the new one
+    try:
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -154,6 +163,28 @@ def recover_directory(target: str | os.PathLike) -> None:
     for leftover in target.parent.glob(f".{target.name}.build-*"):
         if not _held(leftover):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """A new, locked ``.NAME.build-*`` directory beside ``target``, removed on exit unless swapped in.
+
+    It is made and locked under another name first, so ``recover_directory`` never sees a
+    build directory without its lock.
+    """
+    target = Path(target)
+    token = secrets.token_hex(4)
+    preparing = target.parent / f".{target.name}.prep-{token}"
+    staging = target.parent / f".{target.name}.build-{token}"
+    preparing.mkdir(parents=True)
+    try:
+        with locked(preparing):
+            os.rename(preparing, staging)
+            yield staging
+    finally:
+        for path in (preparing, staging):
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _held(directory: Path) -> bool:

@@ -159,6 +159,12 @@ def record_export(bundle: str | os.PathLike, entry: dict) -> dict:
     return manifest
 
 
+def build_id(manifest: dict) -> tuple:
+    """What tells one build of a bundle from another (a rebuild replaces the model)."""
+    return (manifest.get("created"), manifest.get("dataset", {}).get("fingerprint"),
+            manifest.get("backbone", {}).get("weights", {}).get("sha256"))
+
+
 def find_export(manifest: dict, fmt: str, precision: str = "float32") -> dict | None:
     """The export row of ``fmt``:``precision``, or None."""
     for row in manifest.get("exports", []):

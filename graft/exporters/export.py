@@ -60,7 +60,7 @@ def export_bundle(bundle_dir: str | Path, targets: list[registry.Target],
             try:
                 if candidate.row["status"] == "flagged" and target.precision == "int8":
                     candidate = _debug_int8(ctx, target, candidate, held_out, budgets, echo)
-                row = install(bundle_dir, candidate, echo)
+                row = install(bundle_dir, candidate, echo, bundle.build_id(ctx.manifest))
             finally:
                 candidate.discard()  # installed candidates are gone already; anything else goes now
             echo(summary(row))

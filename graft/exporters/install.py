@@ -29,7 +29,7 @@ class Candidate:
         self.path.unlink(missing_ok=True)
 
 
-def install(bundle_dir: Path, candidate: Candidate, echo) -> dict:
+def install(bundle_dir: Path, candidate: Candidate, echo, built: tuple | None = None) -> dict:
     """Give a checked candidate its final name and its graft.json row, under the bundle's lock.
 
     A flagged candidate does not replace a previous export that is good and intact. The
@@ -39,6 +39,11 @@ def install(bundle_dir: Path, candidate: Candidate, echo) -> dict:
     final = bundle_dir / candidate.row["path"]
     with bundle.locked(bundle_dir):
         manifest = bundle.read_manifest(bundle_dir)
+        if built is not None and bundle.build_id(manifest) != built:
+            from graft.errors import ExportError
+
+            raise ExportError(f"{bundle_dir}: the bundle was rebuilt while this export ran, so the file "
+                              "belongs to the old model; run `graft export` again")
         previous = next((r for r in manifest.get("exports", []) if r.get("path") == candidate.row["path"]), None)
         if candidate.row["status"] == "flagged" and _good(previous, final):
             candidate.discard()

@@ -82,7 +82,7 @@ def verify_bundle(bundle_dir: str | Path, budgets: dict | None = None, data_root
               "threads": threads, "rows": rows, "passed": all(r["passed"] for r in rows)}
     bundle.atomic_write_bytes(bundle_dir / REPORT_JSON, (json.dumps(report, indent=2) + "\n").encode())
     bundle.atomic_write_bytes(bundle_dir / REPORT_MD, markdown(report).encode())
-    _record(bundle_dir, rows)
+    _record(bundle_dir, rows, bundle.build_id(manifest))
     return report
 
 
@@ -110,11 +110,13 @@ def verify_row(bundle_dir: Path, row: dict, held_out, budgets, threads: int, sam
     return out
 
 
-def _record(bundle_dir: Path, rows: list[dict]) -> None:
+def _record(bundle_dir: Path, rows: list[dict], built: tuple | None = None) -> None:
     """Store each result in its graft.json row, if the row still describes the file that was checked
-    (a concurrent `graft export` may have replaced it meanwhile)."""
+    (a concurrent `graft export` may have replaced it, or a rebuild the whole bundle, meanwhile)."""
     by_path = {r["path"]: r for r in rows}
     with bundle.updating(bundle_dir) as manifest:
+        if built is not None and bundle.build_id(manifest) != built:
+            return
         for row in manifest.get("exports", []):
             found = by_path.get(row["path"])
             if found is None or found.get("sha256") != row.get("sha256"):

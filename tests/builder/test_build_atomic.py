@@ -115,3 +115,43 @@ def test_a_source_model_edited_in_place_gets_fresh_features(tmp_path, dataset):
     assert reused["dataset"]["feature_cache_hits"] == 0
     assert reused["training"]["stages"][0]["history"] == fresh["training"]["stages"][0]["history"]
     assert np.isclose(reused["backbone"]["feature_spread"], fresh["backbone"]["feature_spread"])
+
+
+def test_a_rebuild_waits_for_an_update_in_progress(tmp_path, dataset, source_model):
+    """A build swaps the new bundle in under graft.json's lock, so an export or verify that is
+    halfway through updating the old bundle never writes its old manifest into the new one."""
+    cache, out = tmp_path / "cache", tmp_path / "colors"
+    build_bundle(dataset, out, BuildOptions(backbone=str(source_model), epochs=3, lr=1e-2,
+                                            progress=False, cache_dir=str(cache)))
+    code = textwrap.dedent(f'''
+        import fcntl, os
+        real = fcntl.flock
+        def flock(fd, op):
+            if os.readlink(f"/proc/self/fd/{{fd}}") == {str(out / bundle.files.LOCK_NAME)!r}:
+                print("waiting", flush=True)
+            return real(fd, op)
+        fcntl.flock = flock
+        from graft.builder.build import BuildOptions, build_bundle
+        build_bundle({str(dataset)!r}, {str(out)!r}, BuildOptions(backbone={str(source_model)!r}, epochs=4,
+                     lr=1e-2, progress=False, cache_dir={str(cache)!r}, overwrite=True))
+    ''')
+    with bundle.updating(out) as manifest:
+        builder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert builder.stdout.readline().strip() == "waiting"  # ready to swap, held back
+        manifest["name"] = "edited by a command that was already running"
+        assert builder.poll() is None
+    assert builder.wait(timeout=300) == 0
+    rebuilt = bundle.read_manifest(out)
+    assert rebuilt["training"]["hyperparameters"]["epochs"] == 4 and rebuilt["name"] == "colors"
+    assert_whole(out, 4)
+
+
+def test_a_linked_bundle_is_rebuilt_where_it_lives(tmp_path, dataset, source_model):
+    real, link = tmp_path / "store" / "colors", tmp_path / "colors"
+    options = dict(backbone=str(source_model), epochs=2, progress=False, cache_dir=str(tmp_path / "cache"))
+    build_bundle(dataset, real, BuildOptions(**options))
+    link.symlink_to(real, target_is_directory=True)
+    build_bundle(dataset, link, BuildOptions(**options, seed=1, overwrite=True))
+    assert link.is_symlink() and bundle.read_manifest(link)["training"]["hyperparameters"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "colors", "store"]
+    assert sorted(p.name for p in real.parent.iterdir()) == ["colors"]

@@ -184,3 +184,24 @@ def test_options_no_target_uses_are_refused(options, message):
         ExportOptions(**options).check_for([registry.TARGETS[("onnx", "float32")], registry.TARGETS[("onnx", "int8")]]
                                            if "tflite" in str(options) or "io_dtype" in options else
                                            [registry.TARGETS[("tflite", "float32")]])
+
+
+def test_an_export_of_a_rebuilt_bundle_is_not_installed(exported_bundle, tmp_path):
+    from graft.exporters.context import Context
+    from graft.exporters.export import produce
+    from graft.exporters.install import install
+    from graft.exporters.options import ExportOptions
+
+    out = copy_bundle(exported_bundle, tmp_path / "bundle")
+    ctx = Context(out, ExportOptions())
+    try:
+        candidate = produce(ctx, registry.TARGETS[("onnx", "float32")], None)
+    finally:
+        ctx.close()
+    manifest = bundle.read_manifest(out)
+    manifest["created"] = "2030-01-01T00:00:00+00:00"  # as if `graft build --overwrite` ran meanwhile
+    bundle.write_manifest(out, manifest)
+    with pytest.raises(ExportError, match="the bundle was rebuilt while this export ran"):
+        install(out, candidate, print, bundle.build_id(ctx.manifest))
+    candidate.discard()
+    assert bundle.read_manifest(out)["exports"] == manifest["exports"]

@@ -73,7 +73,7 @@ def iter_ray_predictions(model: str | os.PathLike, paths: Sequence[str], *, top_
         replicas, share = actor_shares(_cluster_cpus(ray), actors)
         predicted = dataset.map_batches(
             BatchPredictor, batch_size=batch_size, batch_format="pyarrow",
-            concurrency=replicas, num_cpus=share,
+            compute=ray.data.ActorPoolStrategy(size=replicas), num_cpus=share,
             fn_constructor_kwargs={"model": os.path.abspath(model), "top_k": top_k, "device": device,
                                    "decode_threads": decode_threads or share,
                                    "model_threads": model_threads or share, "artifact": artifact})

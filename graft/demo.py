@@ -69,8 +69,11 @@ def raw_pixel_baseline(bundle_dir: Path, manifest: dict, size: int = 32) -> floa
         x = np.stack([load_pixels(r["file"], contract) for r in chosen]).reshape(len(chosen), -1) / 255.0
         return x.astype(np.float32), np.array([labels.index(r["label"]) for r in chosen])
 
+    import keras
+
     (x_train, y_train), validation, (x_test, y_test) = part("train"), part("val"), part("test")
     hyper = manifest["training"]["hyperparameters"]
+    keras.utils.set_random_seed(hyper["seed"])  # as seeded as the build it is compared with
     head, _ = train_head(x_train, y_train, validation, len(labels), epochs=hyper["epochs"],
                          batch_size=hyper["batch_size"], lr=hyper["lr"], dropout=hyper["dropout"],
                          patience=hyper["patience"])

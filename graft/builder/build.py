@@ -19,9 +19,12 @@ import numpy as np
 import graft
 from graft import bundle
 from graft.builder import data as datamod
+from graft.builder.augment import head_rows
 from graft.builder.extraction import (ENGINES, EXTRACTORS, ExtractOptions, engine_session,
                                       extract_features)
 from graft.builder.features import check_spread, default_cache_dir
+from graft.builder.finetune import DEFAULT_EPOCHS, DEFAULT_LR, check_blocks, fine_tune
+from graft.builder.finetune import check_options as check_tuning
 from graft.builder.head import predict_rows, train_head
 from graft.builder.metrics import classification_metrics
 from graft.errors import DataError, GraftError
@@ -56,6 +59,17 @@ class BuildOptions:
     actors: int | None = None        # Ray actors (default: one per two CPUs)
     decode_threads: int | None = None
     model_threads: int | None = None
+    # Fine-tuning and augmentation (docs/build.md): a second stage on pixels, views for the head.
+    fine_tune: int = 0               # top N blocks of the backbone trained with the head (0: head only)
+    fine_tune_lr: float = DEFAULT_LR
+    fine_tune_epochs: int = DEFAULT_EPOCHS
+    augment: bool = True             # augment the fine-tuning stage's batches
+    augment_views: int = 0           # K cached augmented views per training image for the head
+    flip: bool = True                # augmentation strengths (see augment.AugmentSpec)
+    zoom: float = 0.1
+    rotation: float = 0.03
+    brightness: float = 0.1
+    contrast: float = 0.1
 
     def extraction(self) -> ExtractOptions:
         return ExtractOptions(self.extract, self.engine, self.address, self.num_cpus, self.actors,
@@ -81,6 +95,7 @@ class BuildOptions:
         if self.image_size is not None and (not isinstance(self.image_size, int) or not 16 <= self.image_size <= 1024):
             raise GraftError(f"--image-size must be an integer in 16..1024; received {self.image_size!r}")
         self._check_extraction()
+        check_tuning(self)
         return self
 
     def _check_extraction(self) -> None:
@@ -136,6 +151,8 @@ def _build(samples, labels, data, out: Path, options: BuildOptions) -> dict:
     cache_root = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     backbone = load_backbone(options.backbone, options.weights, options.image_size, options.cut_layer,
                              cache_dir=cache_root)
+    if options.fine_tune:
+        check_blocks(backbone, options.fine_tune)  # before anything heavy runs
     if options.weights == "none":
         warnings.warn(f"--weights none: a frozen backbone with random weights transfers no knowledge; "
                       f"the head learns only from what random {options.backbone} features keep")
@@ -150,15 +167,23 @@ def _build(samples, labels, data, out: Path, options: BuildOptions) -> dict:
         y = np.array([labels.index(s.label) for s in ext.samples])
         part = {name: np.flatnonzero([s == name for s in splits]) for name in datamod.SPLITS}
         validation = (ext.rows.subset(part["val"]), y[part["val"]]) if len(part["val"]) else None
-        head, stage = train_head(ext.rows.subset(part["train"]), y[part["train"]], validation, len(labels),
+        train_rows, y_train, views = head_rows(ext, part["train"], y, contract, options, progress)
+        head, stage = train_head(train_rows, y_train, validation, len(labels),
                                  epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
                                  dropout=options.dropout, patience=options.patience, progress=progress,
                                  seed=options.seed)
-    test_probs = predict_rows(head, ext.rows.subset(part["test"]), len(labels))
+        stages = [stage if views is None else {**stage, "settings": views}]
+        test_probs = predict_rows(head, ext.rows.subset(part["test"]), len(labels))
+        if options.fine_tune:  # the second stage: top blocks and head on pixels; test from pixels
+            tuned, test_probs = fine_tune(backbone, head, ext, part, y, len(labels), contract, options,
+                                          progress, test_probs)
+            stages.append(tuned)
     metrics = classification_metrics(y[part["test"]], test_probs.argmax(axis=1), labels)
     model = compose(backbone, head, size)
     manifest = make_manifest(out, data, labels, contract, backbone, options, ext, counts, splits,
-                             [stage], metrics)
+                             stages, metrics)
+    if options.fine_tune:
+        manifest["backbone"]["fine_tuned_blocks"] = stages[-1]["settings"]["unfrozen_blocks"]
     manifest["backbone"]["feature_spread"] = round(spread, 6)
     manifest["dataset"]["extraction"] = ext.record
     rows = split_rows(ext.samples, splits, labels, test_probs)

@@ -48,6 +48,31 @@ import click
               help="Threads reading and decoding images (default: CPUs, at most 8; on Ray, per actor).")
 @click.option("--model-threads", type=click.IntRange(1, 256), default=None,
               help="onnxruntime threads (default: onnxruntime's choice; on Ray, the actor's CPU share).")
+@click.option("--fine-tune", type=click.IntRange(0), default=0, show_default=True, metavar="N",
+              help="After the head, train the top N blocks of the backbone with it, end to end on "
+              "the images (0: head only). Blocks are the backbone's own (EfficientNet: stem, block1a "
+              "... block7a, top); a source model without named blocks counts layers with weights. "
+              "BatchNorm stays frozen. Costs a forward and backward pass per image and epoch.")
+@click.option("--fine-tune-lr", type=click.FloatRange(0, min_open=True), default=1e-4,
+              show_default=True, help="Adam learning rate of the fine-tuning stage (a tenth of "
+              "the head's: the pretrained blocks move a little).")
+@click.option("--fine-tune-epochs", type=click.IntRange(1, 10000), default=10, show_default=True,
+              help="Most epochs of the fine-tuning stage (early stopping uses --patience).")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Augment the fine-tuning stage's images (flip, zoom, rotation, brightness, contrast).")
+@click.option("--augment-views", type=click.IntRange(0, 64), default=0, show_default=True, metavar="K",
+              help="Train the head on K augmented views of each training image as well; their "
+              "features are computed once and cached (costs K extra feature passes on a first build).")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Random horizontal flips; turn off when a label depends on left and right.")
+@click.option("--zoom", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
+              help="Zoom in or out by up to this fraction and shift by half of it (0: off).")
+@click.option("--rotation", type=click.FloatRange(0, 0.25), default=0.03, show_default=True,
+              help="Rotate by up to this fraction of a full turn (0.03: about 11 degrees; 0: off).")
+@click.option("--brightness", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Shift brightness by up to this fraction of 255 (0: off).")
+@click.option("--contrast", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Scale contrast by up to 1 +- this (0: off).")
 def build(data, out, **options):
     """Train a new head on a frozen backbone from DATA (class folders or a path,label CSV)."""
     from graft.builder.build import BuildOptions, build_bundle
@@ -71,8 +96,25 @@ def print_build_summary(out: str, manifest: dict) -> None:
     extraction = dataset.get("extraction")
     if extraction:
         click.echo(features_line(extraction))
+    for stage in manifest.get("training", {}).get("stages", []):
+        if stage.get("name") == "fine_tune":
+            click.echo(fine_tune_line(stage))
     if metrics.get("accuracy") is not None:
         click.echo(f"test accuracy: {metrics['accuracy']:.4f} on {metrics['count']} images")
+
+
+def fine_tune_line(stage: dict) -> str:
+    """What fine-tuning did, in one line: blocks, epochs, accuracy before and after."""
+    settings, before, after = stage["settings"], stage["metrics_before"], stage["metrics_after"]
+
+    def accuracy(scores: dict) -> str:
+        return "-" if scores.get("accuracy") is None else f"{scores['accuracy']:.4f}"
+
+    unit = settings["unit"] if settings["blocks"] != 1 else settings["unit"].rstrip("s")
+    return (f"fine-tuned: top {settings['blocks']} {unit} "
+            f"({', '.join(settings['unfrozen_blocks'][-3:])}), {stage['epochs_run']} epochs, "
+            f"kept {stage['kept']}; val accuracy {accuracy(before['val'])} -> {accuracy(after['val'])}, "
+            f"test {accuracy(before['test'])} -> {accuracy(after['test'])}")
 
 
 def features_line(extraction: dict) -> str:

@@ -1,0 +1,93 @@
+"""Training on pixels streamed from the image files: the fine-tuning stage's data and model.
+
+``PixelBatches`` reads a batch of images through the runtime's preprocessing
+(``features.read_pixels``, which checks each file's hash), decoded in a thread
+pool, in an order drawn from ``(seed, epoch)``, and augments it when asked.
+Memory holds one batch of pixels, whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from graft.builder.augment import Augmenter, seed_of
+from graft.builder.features import read_pixels
+from graft.errors import DataError, ImageError
+
+
+class InferenceMode(keras.layers.Layer):
+    """Calls a model with ``training=False`` whatever the caller says (a functional graph's
+    ``training=False`` is overridden by ``fit``'s ``training=True`` in Keras 3)."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+
+    def call(self, inputs):
+        return self.model(inputs, training=False)
+
+
+def trainable_model(backbone, head):
+    """pixels -> backbone (inference mode) -> the head's dropout and dense layers."""
+    inputs = keras.Input((backbone.image_size, backbone.image_size, 3), name="pixels")
+    features = InferenceMode(backbone.model, name="backbone")(inputs)
+    x = head.get_layer("head_dropout")(features)
+    return keras.Model(inputs, head.get_layer("probs")(x), name="graft_fine_tune")
+
+
+class PixelBatches(keras.utils.PyDataset):
+    """(pixels, labels[, weights]) batches read from the image files, decoded in ``pool``.
+
+    Shuffled per epoch when a seed is given, and augmented (one seed per
+    ``(seed, epoch, batch)``) when an augmenter is given.
+    """
+
+    def __init__(self, ext, positions, y, contract: dict, batch_size: int, pool, *,
+                 seed: int | None = None, augmenter: Augmenter | None = None,
+                 class_weight: dict | None = None):
+        super().__init__()
+        positions = np.asarray(positions, np.int64)
+        self.files = [(ext.samples[p].path, ext.content_sha[p]) for p in positions]
+        self.labels = np.asarray(y)[positions]
+        self.contract, self.batch_size, self.pool = contract, int(batch_size), pool
+        self.seed, self.augmenter = seed, augmenter
+        self.weights = (None if class_weight is None else
+                        np.array([class_weight.get(int(c), 0.0) for c in self.labels], np.float32))
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        if self.seed is None:
+            return np.arange(len(self.files))
+        return np.random.default_rng([self.seed % 2**63, self.epoch]).permutation(len(self.files))
+
+    @property
+    def num_batches(self) -> int:
+        return -(-len(self.files) // self.batch_size)
+
+    def _read(self, position: int) -> np.ndarray:
+        path, sha = self.files[position]
+        try:
+            return read_pixels(path, sha, self.contract)
+        except ImageError as exc:
+            raise DataError(f"{exc}; fine-tuning reads every image again (it was readable "
+                            "when features were extracted)") from None
+
+    def __getitem__(self, index: int):
+        positions = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        pixels = np.stack(list(self.pool.map(self._read, positions)))
+        if self.augmenter is not None:
+            pixels = self.augmenter(pixels, seed_of(self.seed, self.epoch, index))
+        x, y = pixels.astype(np.float32), self.labels[positions]
+        return (x, y) if self.weights is None else (x, y, self.weights[positions])
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.order = self._order()
+
+
+def predict_pixels(model, batches: PixelBatches, classes: int) -> np.ndarray:
+    """The model's probabilities (N, classes) over the batches' images, in order."""
+    parts = [np.asarray(model.predict_on_batch(batches[i][0])) for i in range(batches.num_batches)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, classes), np.float32)

@@ -1,5 +1,5 @@
 """graft build at scale: onnxruntime feature extraction against Keras, raw onnxruntime and a
-warm cache, and the peak memory of large builds. Every peer runs in the same session.
+warm cache, and the peak memory of large builds. Every peer is measured in the same run.
 
     python benchmarks/bench_build_scale.py [--images 2000] [--repeat 3] [--rss-sizes 10000 40000]
 

@@ -38,10 +38,18 @@ def describe_model(path: str) -> list[str]:
     engine = open_engine(path, device="cpu")
     standard = _standard_metadata(Path(path), engine.format)
     if engine.manifest is None:
-        return [f"model: {path}", f"format: {engine.format}", "manifest: none embedded", *standard]
+        return [f"model: {path}", f"format: {engine.format}", "manifest: none embedded", _tensors(engine),
+                *standard]
     lines = _describe_manifest(engine.manifest)
     lines.insert(0, f"model: {path} ({engine.format}, sha256 {sha256_file(path)[:12]})")
-    return lines + standard
+    return lines + [_tensors(engine)] + standard
+
+
+def _tensors(engine) -> str:
+    """The file's own tensors: a full-integer file takes and returns uint8, while the
+    manifest's ``input`` is the float contract of the model it was exported from."""
+    shape = ", ".join("N" if d is None else str(d) for d in engine.input_shape)
+    return f"file tensors: input {engine.input_dtype.name} ({shape}), output {engine.output_dtype.name}"
 
 
 def _standard_metadata(path: Path, fmt: str) -> list[str]:

@@ -33,6 +33,7 @@ class Engine:
     providers: list[str] = []
     input_shape: tuple = ()         # (N, H, W, 3); N is None for a dynamic batch
     input_dtype = np.dtype(np.float32)
+    output_dtype = np.dtype(np.float32)  # the file's own output tensor (the runtime dequantizes)
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         raise NotImplementedError

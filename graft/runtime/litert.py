@@ -43,6 +43,7 @@ class LiteRTEngine(Engine):
         signature = tuple(int(d) for d in self.input["shape_signature"])
         self.input_shape = tuple(None if d < 0 else d for d in signature)
         self.input_dtype = np.dtype(self.input["dtype"])
+        self.output_dtype = np.dtype(self.output["dtype"])
         self.manifest = read_manifest(self.data, str(self.path))
 
     def _interpreter(self) -> Interpreter:

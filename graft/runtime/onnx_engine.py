@@ -108,6 +108,7 @@ class OnnxEngine(Engine):
             raise BundleError(f"{self.path}: the model's input is {model_input.type}; graft feeds RGB "
                               "pixels 0..255 as float32 or uint8, so it cannot run this model")
         self.input_dtype = np.dtype(_DTYPES[model_input.type])
+        self.output_dtype = np.dtype(_DTYPES.get(self.session.get_outputs()[0].type, np.float32))
         meta = self.session.get_modelmeta().custom_metadata_map
         self.manifest = parse_manifest(meta[METADATA_KEY], str(self.path)) if METADATA_KEY in meta else None
 

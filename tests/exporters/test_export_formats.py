@@ -81,6 +81,20 @@ def test_manifest_travels_inside_each_file(exported_bundle, tmp_path, target):
     assert clf.labels == manifest["labels"]
 
 
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.key)
+def test_inspect_shows_the_files_own_tensors(exported_bundle, target):
+    """The manifest's input is the model's float contract; inspect also says what the file takes."""
+    from click.testing import CliRunner
+
+    from graft.cli import cli
+
+    result = CliRunner().invoke(cli, ["inspect", str(exported_bundle / "exports" / target.filename)])
+    assert result.exit_code == 0, result.output
+    dtype = CASES[(target.format, target.precision)]["input_dtype"]
+    size = bundle.read_manifest(exported_bundle)["preprocessing"]["size"]
+    assert f"file tensors: input {dtype} (N, {size[0]}, {size[1]}, 3), output {dtype}\n" in result.output
+
+
 def test_tflite_manifest_states_io_quantization(exported_bundle):
     engine = open_engine(exported_bundle / "exports" / "model.int8.tflite", device="cpu")
     export = engine.manifest["export"]

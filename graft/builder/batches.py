@@ -21,38 +21,50 @@ def as_rows(features):
     return features
 
 
-class FeatureBatches(keras.utils.PyDataset):
-    """(features, labels[, weights]) batches; shuffled per epoch when a seed is given."""
+class SeededBatches(keras.utils.PyDataset):
+    """What every training stream shares: an order drawn from ``(seed, epoch)`` (file order
+    without a seed), batches of ``batch_size`` positions, and class weights as per-row
+    sample weights. Subclasses turn a batch's positions into arrays."""
 
-    def __init__(self, rows, labels, batch_size: int, seed: int | None = None,
+    def __init__(self, labels, batch_size: int, seed: int | None = None,
                  class_weight: dict[int, float] | None = None):
         super().__init__()
-        self.rows, self.labels = rows, np.asarray(labels)
+        self.labels = np.asarray(labels)
         self.batch_size, self.seed = int(batch_size), seed
-        self.weights = None
-        if class_weight is not None:
-            table = np.zeros(int(self.labels.max(initial=0)) + 1, np.float32)
-            for label, weight in class_weight.items():
-                if label < len(table):
-                    table[label] = weight
-            self.weights = table[self.labels]
+        self.weights = (None if class_weight is None else
+                        np.array([class_weight.get(int(c), 0.0) for c in self.labels], np.float32))
         self.epoch = 0
         self.order = self._order()
 
     def _order(self) -> np.ndarray:
         if self.seed is None:
-            return np.arange(len(self.rows))
-        return np.random.default_rng([self.seed % 2**63, self.epoch]).permutation(len(self.rows))
+            return np.arange(len(self.labels))
+        return np.random.default_rng([self.seed % 2**63, self.epoch]).permutation(len(self.labels))
 
     @property
     def num_batches(self) -> int:
-        return -(-len(self.rows) // self.batch_size)
+        return -(-len(self.labels) // self.batch_size)
 
-    def __getitem__(self, index: int):
-        positions = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        x, y = self.rows.take(positions), self.labels[positions]
+    def positions(self, index: int) -> np.ndarray:
+        return self.order[index * self.batch_size:(index + 1) * self.batch_size]
+
+    def batch(self, x: np.ndarray, positions: np.ndarray):
+        y = self.labels[positions]
         return (x, y) if self.weights is None else (x, y, self.weights[positions])
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self._order()
+
+
+class FeatureBatches(SeededBatches):
+    """(features, labels[, weights]) batches; shuffled per epoch when a seed is given."""
+
+    def __init__(self, rows, labels, batch_size: int, seed: int | None = None,
+                 class_weight: dict[int, float] | None = None):
+        self.rows = rows
+        super().__init__(labels, batch_size, seed, class_weight)
+
+    def __getitem__(self, index: int):
+        positions = self.positions(index)
+        return self.batch(self.rows.take(positions), positions)

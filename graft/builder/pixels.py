@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from graft.builder.augment import Augmenter, seed_of
+from graft.builder.batches import SeededBatches
 from graft.builder.features import read_pixels
 from graft.errors import DataError, ImageError
 
@@ -36,7 +37,7 @@ def trainable_model(backbone, head):
     return keras.Model(inputs, head.get_layer("probs")(x), name="graft_fine_tune")
 
 
-class PixelBatches(keras.utils.PyDataset):
+class PixelBatches(SeededBatches):
     """(pixels, labels[, weights]) batches read from the image files, decoded in ``pool``.
 
     Shuffled per epoch when a seed is given, and augmented (one seed per
@@ -46,25 +47,10 @@ class PixelBatches(keras.utils.PyDataset):
     def __init__(self, ext, positions, y, contract: dict, batch_size: int, pool, *,
                  seed: int | None = None, augmenter: Augmenter | None = None,
                  class_weight: dict | None = None):
-        super().__init__()
         positions = np.asarray(positions, np.int64)
         self.files = [(ext.samples[p].path, ext.content_sha[p]) for p in positions]
-        self.labels = np.asarray(y)[positions]
-        self.contract, self.batch_size, self.pool = contract, int(batch_size), pool
-        self.seed, self.augmenter = seed, augmenter
-        self.weights = (None if class_weight is None else
-                        np.array([class_weight.get(int(c), 0.0) for c in self.labels], np.float32))
-        self.epoch = 0
-        self.order = self._order()
-
-    def _order(self) -> np.ndarray:
-        if self.seed is None:
-            return np.arange(len(self.files))
-        return np.random.default_rng([self.seed % 2**63, self.epoch]).permutation(len(self.files))
-
-    @property
-    def num_batches(self) -> int:
-        return -(-len(self.files) // self.batch_size)
+        self.contract, self.pool, self.augmenter = contract, pool, augmenter
+        super().__init__(np.asarray(y)[positions], batch_size, seed, class_weight)
 
     def _read(self, position: int) -> np.ndarray:
         path, sha = self.files[position]
@@ -75,16 +61,11 @@ class PixelBatches(keras.utils.PyDataset):
                             "when features were extracted)") from None
 
     def __getitem__(self, index: int):
-        positions = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        positions = self.positions(index)
         pixels = np.stack(list(self.pool.map(self._read, positions)))
         if self.augmenter is not None:
             pixels = self.augmenter(pixels, seed_of(self.seed, self.epoch, index))
-        x, y = pixels.astype(np.float32), self.labels[positions]
-        return (x, y) if self.weights is None else (x, y, self.weights[positions])
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self.order = self._order()
+        return self.batch(pixels.astype(np.float32), positions)
 
 
 def predict_pixels(model, batches: PixelBatches, classes: int) -> np.ndarray:

@@ -20,7 +20,7 @@ pytest.importorskip("skimage")
 pytest.importorskip("ai_edge_litert")
 mp = pytest.importorskip("mediapipe")
 
-from web.photo_models import (LABELS, SIZE, VARIANTS, converted, exported, manifest,  # noqa: E402
+from web.photo_models import (LABELS, SIZE, VARIANTS, converted, exported, interpreter_scores, manifest,  # noqa: E402
                               resized, sample_images, triptychs)
 
 from graft.errors import BundleError, ExportError  # noqa: E402
@@ -55,20 +55,6 @@ def categories(classifier, pixels: np.ndarray, roi=None) -> list:
     options = vision.ImageProcessingOptions(region_of_interest=roi) if roi else None
     result = classifier.classify(image, options)
     return sorted(result.classifications[0].categories, key=lambda c: c.index)
-
-
-def interpreter_scores(data: bytes, pixels: np.ndarray) -> tuple[np.ndarray, float]:
-    """LiteRT's probabilities for raw pixels, and the output's quantization step (0 if float)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=data)
-    interpreter.allocate_tensors()
-    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    interpreter.set_tensor(source["index"], pixels[None].astype(source["dtype"]))
-    interpreter.invoke()
-    scores = interpreter.get_tensor(target["index"])[0].astype(np.float32)
-    scale, zero_point = target["quantization"]
-    return ((scores - zero_point) * scale, scale) if scale else (scores, 0.0)
 
 
 def top1(scored: list) -> str:

@@ -165,3 +165,17 @@ def triptychs(side: int = 96) -> list[tuple[str, np.ndarray]]:
     return [(centre, np.concatenate([square(_CLASS_PHOTOS[side_label]), square(_CLASS_PHOTOS[centre]),
                                      square(_CLASS_PHOTOS[side_label])], axis=1))
             for centre in LABELS for side_label in LABELS if side_label != centre]
+
+
+def interpreter_scores(data: bytes, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+    """LiteRT's probabilities for raw pixels, and the output's quantization step (0 if float)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=data)
+    interpreter.allocate_tensors()
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.set_tensor(source["index"], pixels[None].astype(source["dtype"]))
+    interpreter.invoke()
+    scores = interpreter.get_tensor(target["index"])[0].astype(np.float32)
+    scale, zero_point = target["quantization"]
+    return ((scores - zero_point) * scale, scale) if scale else (scores, 0.0)

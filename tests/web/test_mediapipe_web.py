@@ -19,7 +19,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("skimage")
 pytest.importorskip("ai_edge_litert")
 
-from web.photo_models import LABELS, exported, resized, sample_images, triptychs  # noqa: E402
+from web.photo_models import LABELS, exported, interpreter_scores, resized, sample_images, triptychs  # noqa: E402
 
 from graft.runtime import Classifier  # noqa: E402
 
@@ -61,18 +61,6 @@ def save_png(root: Path, name: str, pixels: np.ndarray) -> str:
     return f"images/{name}.png"
 
 
-def litert_scores(data: bytes, pixels: np.ndarray) -> tuple[np.ndarray, float]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=data)
-    interpreter.allocate_tensors()
-    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    interpreter.set_tensor(source["index"], pixels[None].astype(source["dtype"]))
-    interpreter.invoke()
-    scale, zero_point = target["quantization"]
-    return (interpreter.get_tensor(target["index"])[0].astype(np.float32) - zero_point) * scale, scale
-
-
 def test_chromium_classifies_like_graft(site, browser):
     from browser import screenshot_path
 
@@ -106,7 +94,7 @@ def test_chromium_classifies_like_graft(site, browser):
     for name, pixels in sample_images()[:6]:
         pixels = resized(pixels)
         scored = classify("model.int8.tflite", save_png(root, f"{name}-small", pixels))
-        expected, step = litert_scores(data, pixels)
+        expected, step = interpreter_scores(data, pixels)
         assert np.abs(np.array([c["score"] for c in scored]) - expected).max() <= step * 1.001
 
     # A model trained on centre crops: the page passes graft's crop as regionOfInterest.

@@ -39,7 +39,7 @@ from graft.cli.predict import DEVICE_CHOICE
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
 def serve(model, max_body_mb, **options):
-    """Serve MODEL_OR_REPOSITORY (a .onnx file, a bundle, or NAME/VERSION/ folders) over HTTP.
+    """Serve MODEL_OR_REPOSITORY (a .onnx or .tflite file, a bundle, or NAME/VERSION/ folders) over HTTP.
 
     Speaks the Open Inference Protocol (KServe v2, as Triton does) and offers
     POST /v2/models/NAME/classify for image uploads; a page to try it at /;

@@ -1,8 +1,9 @@
 """The one table of export targets: format x precision -> file name, exporter, budget.
 
 Everything that loops over exports (``graft export``, ``graft verify``, the
-tests) loops over ``TARGETS``; adding a row here is how a format or precision
-is added.
+tests) loops over ``TARGETS``, the product of ``FORMATS`` and ``PRECISIONS``: a
+format is a name here and a module ``graft.exporters.<format>`` with one
+``export_<precision>`` function per precision.
 """
 
 from __future__ import annotations

@@ -20,12 +20,13 @@ import graft
 from graft import bundle
 from graft.builder import data as datamod
 from graft.builder.augment import head_rows
+from graft.builder.backbones.registry import DEFAULT as DEFAULT_BACKBONE
 from graft.builder.extraction import (ENGINES, EXTRACTORS, ExtractOptions, engine_session,
                                       extract_features)
 from graft.builder.features import check_spread, default_cache_dir
 from graft.builder.finetune import DEFAULT_EPOCHS, DEFAULT_LR, check_blocks, fine_tune
 from graft.builder.finetune import check_options as check_tuning
-from graft.builder.head import predict_rows, train_head
+from graft.builder.head import join_head, predict_rows, train_head
 from graft.builder.metrics import classification_metrics
 from graft.errors import DataError, GraftError
 from graft.progress import Progress
@@ -35,7 +36,7 @@ from graft.progress import Progress
 class BuildOptions:
     """Everything `graft build` can be told. ``check()`` validates it before any work starts."""
 
-    backbone: str = "efficientnet_lite0"  # ImageNet weights installed with graft: works offline
+    backbone: str = DEFAULT_BACKBONE  # ImageNet weights installed with graft: works offline
     cut_layer: str | None = None
     weights: str | None = None       # None: the backbone's default; a source model's own
     image_size: int | None = None
@@ -207,9 +208,7 @@ def compose(backbone, head, size: int):
 
     inputs = keras.Input((size, size, 3), name="pixels")
     features = backbone.model(inputs, training=False)
-    x = head.get_layer("head_dropout")(features)
-    probs = head.get_layer("probs")(x)
-    model = keras.Model(inputs, probs, name="graft_classifier")
+    model = keras.Model(inputs, join_head(head, features), name="graft_classifier")
     backbone.model.trainable = False
     return model
 

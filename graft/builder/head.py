@@ -16,7 +16,6 @@ import numpy as np
 
 from graft.progress import Progress
 
-HEAD_LAYERS = ("head_dropout", "probs")
 # Training steps per call into TensorFlow: the same steps and results, less per-step overhead
 # (about 15% of the head's training time on 2 cores).
 STEPS_PER_EXECUTION = 16
@@ -31,6 +30,12 @@ def make_head(feature_dim: int, classes: int, dropout: float):
         keras.layers.Dropout(dropout, name="head_dropout"),
         keras.layers.Dense(classes, activation="softmax", name="probs"),
     ], name="head")
+
+
+def join_head(head, features):
+    """The head's layers applied to a backbone's features tensor, in a larger graph
+    (the exported classifier, the fine-tuning model): the probabilities tensor."""
+    return head.get_layer("probs")(head.get_layer("head_dropout")(features))
 
 
 def class_weights(y_train: np.ndarray, classes: int) -> dict[int, float]:

@@ -14,6 +14,7 @@ import numpy as np
 from graft.builder.augment import Augmenter, seed_of
 from graft.builder.batches import SeededBatches
 from graft.builder.features import read_pixels
+from graft.builder.head import join_head
 from graft.errors import DataError, ImageError
 
 
@@ -33,8 +34,7 @@ def trainable_model(backbone, head):
     """pixels -> backbone (inference mode) -> the head's dropout and dense layers."""
     inputs = keras.Input((backbone.image_size, backbone.image_size, 3), name="pixels")
     features = InferenceMode(backbone.model, name="backbone")(inputs)
-    x = head.get_layer("head_dropout")(features)
-    return keras.Model(inputs, head.get_layer("probs")(x), name="graft_fine_tune")
+    return keras.Model(inputs, join_head(head, features), name="graft_fine_tune")
 
 
 class PixelBatches(SeededBatches):

@@ -20,19 +20,17 @@ import sys
 import numpy as np
 
 from graft.builder.features import read_pixels, reason
+from graft.builder.onnx_features import open_extractor
 from graft.builder.shards import ShardWriter
 from graft.progress import Task
-from graft.runtime.pipeline import NO_SPINNING, decode_pool
+from graft.runtime.pipeline import decode_pool
 
 
 class FeatureWorker:
     """The stateful ``map_batches`` callable: one ONNX session and decode pool per actor."""
 
     def __init__(self, model: bytes, dim: int, contract: dict, decode_threads: int, model_threads: int):
-        from graft.runtime.engines import open_engine
-
-        self.engine = open_engine("backbone.onnx", device="cpu", threads=model_threads, model_bytes=model,
-                                  session_config=NO_SPINNING)
+        self.engine = open_extractor(model, model_threads)
         self.dim, self.contract = dim, contract
         self.pool = decode_pool(decode_threads)
 
@@ -68,7 +66,7 @@ def extract_on_ray(rows: list[dict], model: bytes, dim: int, contract: dict, wri
         ``{key: reason}`` for the images that failed, and facts for graft.json (actors,
         CPUs per actor, whether any worker had TensorFlow loaded).
     """
-    from graft.runtime.ray_job import actor_shares, ray_session
+    from graft.runtime.ray_job import actor_shares, cluster_cpus, dataset_blocks, ray_session
 
     task = task or Task()
     failed: dict[str, str] = {}
@@ -78,14 +76,12 @@ def extract_on_ray(rows: list[dict], model: bytes, dim: int, contract: dict, wri
 
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        replicas, share = actor_shares(cpus, options.actors)
+        replicas, share = actor_shares(cluster_cpus(ray), options.actors)
         if not rows:
             writer.close()
             return failed, {"actors": replicas, "cpus_per_actor": share, "workers_seen": 0,
                             "tensorflow_in_workers": False}
-        blocks = max(1, min(200, -(-len(rows) // (options.batch_size * 4))))
-        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+        dataset = ray.data.from_items(rows, override_num_blocks=dataset_blocks(len(rows), options.batch_size))
         extracted = dataset.map_batches(
             FeatureWorker, batch_size=options.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=replicas), num_cpus=share,

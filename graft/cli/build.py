@@ -6,12 +6,14 @@ from pathlib import Path
 
 import click
 
+from graft.builder.backbones.registry import DEFAULT as DEFAULT_BACKBONE
+
 
 @click.command()
 @click.argument("data", type=click.Path(path_type=str))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=str),
               help="Bundle directory to write (model.keras + graft.json).")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
               help="A registered backbone name, or a saved .keras model to cut.")
 @click.option("--cut-layer", default=None, help="Layer of a source .keras model to cut at "
               "(default: its last pooled feature layer).")

@@ -69,8 +69,8 @@ def iter_ray_predictions(model: str | os.PathLike, paths: Sequence[str], *, top_
         context.enable_progress_bars = False
         context.execution_options.preserve_order = True
         items = [{"path": row_text(p), "file": os.fsencode(os.path.abspath(p))} for p in paths]
-        dataset = ray.data.from_items(items, override_num_blocks=_blocks(len(items), batch_size))
-        replicas, share = actor_shares(_cluster_cpus(ray), actors)
+        dataset = ray.data.from_items(items, override_num_blocks=dataset_blocks(len(items), batch_size))
+        replicas, share = actor_shares(cluster_cpus(ray), actors)
         predicted = dataset.map_batches(
             BatchPredictor, batch_size=batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=replicas), num_cpus=share,
@@ -134,7 +134,7 @@ def _check_reachable(address: str) -> None:
                        "check --address, or leave it out to start a local Ray") from None
 
 
-def _cluster_cpus(ray) -> int:
+def cluster_cpus(ray) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
@@ -145,5 +145,6 @@ def actor_shares(cpus: int, actors: int | None = None) -> tuple[int, int]:
     return replicas, max(1, cpus // replicas)
 
 
-def _blocks(count: int, batch_size: int) -> int:
+def dataset_blocks(count: int, batch_size: int) -> int:
+    """Blocks for a dataset of ``count`` rows: about four batches each, 1 to 200."""
     return max(1, min(200, -(-count // (batch_size * 4))))

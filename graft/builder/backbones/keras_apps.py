@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from graft.builder.backbones.registry import OFFLINE
 from graft.builder.backbones.weights import file_sha256, load_weights_file, weights_sha256
 from graft.errors import BackboneError, WeightsError, first_line
 
@@ -24,7 +25,7 @@ def build(name: str, spec, weights: str, image_size: int | None, cache_dir=None)
         if weights == "imagenet" and _is_download_failure(exc):
             raise WeightsError(f"could not download the ImageNet weights for {name} ({exc}); "
                                "pass a local copy with --weights FILE, or use a backbone whose "
-                               "weights install with graft (efficientnet_lite0/1/2)") from exc
+                               f"weights install with graft ({', '.join(OFFLINE)})") from exc
         raise BackboneError(f"{name} could not be built ({first_line(exc, 200)})") from exc
     if weights not in ("imagenet", "none"):
         load_weights_file(base, weights)

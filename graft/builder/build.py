@@ -21,8 +21,7 @@ from graft import bundle
 from graft.builder import data as datamod
 from graft.builder.augment import head_rows
 from graft.builder.backbones.registry import DEFAULT as DEFAULT_BACKBONE
-from graft.builder.extraction import (ENGINES, EXTRACTORS, ExtractOptions, engine_session,
-                                      extract_features)
+from graft.builder.extraction import EXTRACTORS, ExtractOptions, engine_session, extract_features
 from graft.builder.features import check_spread, default_cache_dir
 from graft.builder.finetune import DEFAULT_EPOCHS, DEFAULT_LR, check_blocks, fine_tune
 from graft.builder.finetune import check_options as check_tuning
@@ -30,6 +29,7 @@ from graft.builder.head import join_head, predict_rows, train_head
 from graft.builder.metrics import classification_metrics
 from graft.errors import DataError, GraftError
 from graft.progress import Progress
+from graft.runtime.batch import ENGINES  # the same engines as graft predict
 
 
 @dataclass

@@ -29,7 +29,6 @@ from graft.errors import CheckFailed, GraftError, ImageError
 from graft.progress import Progress, Task
 
 EXTRACTORS = ("auto", "onnxruntime", "keras")
-ENGINES = ("local", "ray")
 # Under --extract auto, a first build (no converted backbone cached) of fewer images than this
 # extracts with Keras: converting costs more than onnxruntime saves on so few (see docs/build.md).
 SMALL_SET = 500
@@ -75,7 +74,8 @@ class FeatureSet:
         """Vectors for more items (augmented views, say) by the same extractor and cache:
         the rows of the items that succeeded, in order, and ``{key: reason}`` for the rest."""
         index = self.cache.store.index()
-        todo = [item for item, at in zip(items, index.find([i.key for i in items])) if at < 0]
+        missing = (item for item, at in zip(items, index.find([i.key for i in items])) if at < 0)
+        todo = list({item.key: item for item in missing}.values())  # one per distinct key, as plan()
         writer = ShardWriter(self.cache.store, self.rows.dim)
         failed = extract_items(todo, self.extractor.run, writer, batch_size=batch_size,
                                threads=threads, task=task)

@@ -35,6 +35,7 @@ AHEAD_BATCHES = 3  # batches being read and decoded while the model runs one
 
 
 def default_cache_dir() -> Path:
+    """The graft cache (features, converted backbones and weights): ``$GRAFT_CACHE`` or ``~/.cache/graft``."""
     return Path(os.environ.get("GRAFT_CACHE") or Path.home() / ".cache" / "graft")
 
 

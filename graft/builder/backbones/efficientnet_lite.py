@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from graft.builder.backbones import lite_weights
+from graft.bundle import sha256_file
 from graft.errors import BackboneError, WeightsError
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage, before scaling.
@@ -159,8 +160,6 @@ def build_model(name: str, image_size: int | None = None, include_top: bool = Fa
         source_path, source = _locate(name)
         lite_weights.load_converted(model, source_path, source["sha256"], cache_dir, specs)
     elif path is not None and not path.name.endswith(".h5"):
-        from graft.bundle import sha256_file
-
         lite_weights.load_converted(model, path, sha256_file(path), cache_dir, specs)
     if not include_top:
         import keras
@@ -179,7 +178,7 @@ def build(name: str, spec, weights: str, image_size: int | None, cache_dir=None)
     ``name`` is a key of :data:`VARIANTS` (``spec`` adds nothing the variant lacks).
     """
     from graft.builder.backbones import Backbone
-    from graft.builder.backbones.weights import file_sha256, weights_sha256
+    from graft.builder.backbones.weights import weights_sha256
 
     model = build_model(name, image_size, include_top=False, weights=weights, cache_dir=cache_dir)
     model.trainable = False
@@ -189,7 +188,7 @@ def build(name: str, spec, weights: str, image_size: int | None, cache_dir=None)
         record = {"source": "none", "sha256": weights_sha256(model)}
     else:
         record = {"source": "file", "file": Path(weights).name,
-                  "file_sha256": file_sha256(weights), "sha256": weights_sha256(model)}
+                  "file_sha256": sha256_file(weights), "sha256": weights_sha256(model)}
     info = {"name": name, "source": f"{__name__}.build_model", "cut_layer": None,
             "feature_dim": int(model.output.shape[-1]), "normalisation": dict(NORMALISATION),
             "weights": record}

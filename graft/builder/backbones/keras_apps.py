@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from graft.builder.backbones.registry import OFFLINE
-from graft.builder.backbones.weights import file_sha256, load_weights_file, weights_sha256
+from graft.builder.backbones.weights import load_weights_file, weights_sha256
+from graft.bundle import sha256_file
 from graft.errors import BackboneError, WeightsError, first_line
 
 
@@ -40,7 +41,7 @@ def build(name: str, spec, weights: str, image_size: int | None, cache_dir=None)
             "weights": {"source": weights if weights in ("imagenet", "none") else "file",
                         "sha256": weights_sha256(base)}}
     if weights not in ("imagenet", "none"):
-        info["weights"].update(file=_name(weights), file_sha256=file_sha256(weights))
+        info["weights"].update(file=_name(weights), file_sha256=sha256_file(weights))
     architecture = f"{spec.application}:{_describe(spec)}:{sorted(spec.kwargs.items())}"
     return Backbone(model, info, size, architecture)
 

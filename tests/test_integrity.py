@@ -41,6 +41,8 @@ def test_a_missing_extra_and_a_broken_one_say_different_things(monkeypatch):
     missing = ModuleNotFoundError("No module named 'ray'", name="ray")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert one_line(missing) == "this command needs ray, which is not installed; pip install 'graft[ray]'"
+    demo = ModuleNotFoundError("No module named 'skimage'", name="skimage")  # graft demo's photos
+    assert one_line(demo).endswith("pip install 'graft[build]'")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
     broken = ImportError("cannot import name 'pywrap' from 'tensorflow.python'", name="tensorflow")
     assert one_line(broken).startswith("tensorflow is installed but failed to import (cannot import name")

@@ -14,7 +14,7 @@ from graft.errors import GraftError, first_line
 
 # Modules of the optional extras, and the extra that installs each.
 EXTRAS = {"tensorflow": "build", "keras": "build", "tf2onnx": "build", "onnx": "build",
-          "sklearn": "build", "skimage": "dev", "ai_edge_litert": "litert", "starlette": "serve",
+          "skimage": "build", "ai_edge_litert": "litert", "starlette": "serve",
           "uvicorn": "serve", "prometheus_client": "serve", "multipart": "serve", "ray": "ray",
           "pyarrow": "parquet", "matplotlib": "report"}
 # OS errors that say the machine failed the command, not that the input was wrong.
@@ -43,6 +43,5 @@ def _import_problem(exc: ImportError) -> str:
     top = (exc.name or "").split(".")[0]
     if isinstance(exc, ModuleNotFoundError) and top in EXTRAS and importlib.util.find_spec(top) is None:
         return f"this command needs {top}, which is not installed; pip install 'graft[{EXTRAS[top]}]'"
-    culprit = next((name for name in EXTRAS if name == top), top or "a module")
-    return (f"{culprit} is installed but failed to import ({first_line(exc, 300)}); "
+    return (f"{top or 'a module'} is installed but failed to import ({first_line(exc, 300)}); "
             "reinstall it, or run with --debug for the traceback")

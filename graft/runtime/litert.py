@@ -16,7 +16,7 @@ import numpy as np
 
 from graft.errors import BundleError, DeviceError, first_line
 from graft.runtime.engines import Engine, read_model
-from graft.runtime.tflite_metadata import metadata_buffers, read_manifest
+from graft.runtime.tflite_metadata import read_manifest
 
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402  (ImportError: graft[litert] missing)
 
@@ -91,8 +91,3 @@ def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
     scale, zero_point = detail["quantization"]
     values = values.astype(np.float32)
     return (values - zero_point) * scale if scale else values
-
-
-def read_metadata(data: bytes, name: str, source: str = "model") -> bytes | None:
-    """A named metadata buffer of a TFLite file, or None (read without TensorFlow)."""
-    return metadata_buffers(data, source).get(name)

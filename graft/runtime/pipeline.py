@@ -79,9 +79,9 @@ def arrow_table(results: Sequence[Result]):
                     schema=arrow_schema())
 
 
-def default_threads(cpus: int | None = None) -> int:
+def default_threads() -> int:
     """Decode threads: the CPUs available (at most 8)."""
-    return max(1, min(8, cpus or os.cpu_count() or 1))
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def decode_pool(threads: int | None = None) -> ThreadPoolExecutor:

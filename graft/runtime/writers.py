@@ -57,13 +57,17 @@ def lines(text: str) -> list[str]:
 
 
 class ResultWriter:
-    """Appends complete, durable chunks of results."""
+    """Appends complete, durable chunks of results; holds the output's locked descriptor."""
+
+    fd = -1
 
     def write(self, results: list[Result]) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def __enter__(self) -> "ResultWriter":
         return self
@@ -182,11 +186,6 @@ class TextWriter(ResultWriter):
             data = data[os.write(self.fd, data):]
         os.fsync(self.fd)
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
 
 def _read_all(fd: int) -> bytes:
     os.lseek(fd, 0, os.SEEK_SET)
@@ -258,26 +257,25 @@ class ParquetWriter(ResultWriter):
         lock(fd, directory)
         try:
             if clear:
-                _clear_parts(directory, fd)
+                _clear_parts(directory)
                 write_record(directory, fmt, job)
             else:
                 check_record(directory, fmt, job, has_rows=any(directory.glob("part-*.parquet")))
+            done, next_part = Done(), 0
+            for leftover in directory.glob(".*.tmp"):
+                leftover.unlink()
+            for part in sorted(directory.glob("part-*.parquet")):
+                try:
+                    table = pq.read_table(part, columns=["path", "error"])
+                except Exception as exc:  # pyarrow raises several untyped errors
+                    raise OutputError(f"{part}: not a readable Parquet part ({exc}); "
+                                      "choose another output") from None
+                for path, error in zip(table.column("path").to_pylist(), table.column("error").to_pylist()):
+                    done.rows[path] = bool(error)
+                next_part = max(next_part, int(part.stem.split("-")[1]) + 1)
         except BaseException:
-            os.close(fd)
+            os.close(fd)  # the lock goes with it
             raise
-        done, next_part = Done(), 0
-        for leftover in directory.glob(".*.tmp"):
-            leftover.unlink()
-        for part in sorted(directory.glob("part-*.parquet")):
-            try:
-                table = pq.read_table(part, columns=["path", "error"])
-            except Exception as exc:  # pyarrow raises several untyped errors
-                os.close(fd)
-                raise OutputError(f"{part}: not a readable Parquet part ({exc}); "
-                                  "choose another output") from None
-            for path, error in zip(table.column("path").to_pylist(), table.column("error").to_pylist()):
-                done.rows[path] = bool(error)
-            next_part = max(next_part, int(part.stem.split("-")[1]) + 1)
         return cls(directory, fd, next_part), done
 
     def write(self, results: list[Result]) -> None:
@@ -292,13 +290,8 @@ class ParquetWriter(ResultWriter):
         os.fsync(self.fd)  # make the rename durable
         self.next_part += 1
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
-
-def _clear_parts(directory: Path, fd: int) -> None:
+def _clear_parts(directory: Path) -> None:
     """Delete the parts (and temporary parts) of an output that is to be overwritten."""
     others = [p.name for p in directory.iterdir()
               if p.suffix not in (".parquet", ".tmp") and p.name != "_graft_job.json"]

@@ -135,7 +135,7 @@ def test_runtime_reads_tflite_without_tensorflow(exported_bundle, colour_pngs):
 def test_metadata_reader_agrees_with_the_tflite_schema(exported_bundle):
     from ai_edge_litert import schema_py_generated as schema
 
-    from graft.runtime.litert import read_metadata
+    from graft.runtime.tflite_metadata import metadata_buffers
 
     data = (exported_bundle / "exports" / "model.dynamic.tflite").read_bytes()
     model = schema.Model.GetRootAs(data, 0)
@@ -143,7 +143,7 @@ def test_metadata_reader_agrees_with_the_tflite_schema(exported_bundle):
     assert "graft.manifest" in names and "min_runtime_version" in names
     for i, name in enumerate(names):
         expected = model.Buffers(model.Metadata(i).Buffer()).DataAsNumpy().tobytes()
-        assert read_metadata(data, name) == expected
-    assert read_metadata(data, "absent") is None
+        assert metadata_buffers(data, "model.tflite")[name] == expected
+    assert "absent" not in metadata_buffers(data, "model.tflite")
     with pytest.raises(BundleError, match="the TFLite metadata cannot be read"):
-        read_metadata(data[:200], "graft.manifest", "cut.tflite")
+        metadata_buffers(data[:200], "cut.tflite")

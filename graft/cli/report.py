@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from graft.errors import first_line
 
 
 @click.command()
@@ -23,7 +24,9 @@ def report(bundle_dir, output):
 def after_change(bundle_dir: str | Path, had_report: bool | None = None) -> None:
     """Regenerate BUNDLE/report.html if there is one (or was one before a rebuild); else say how
     to make one. A report that cannot be written is a warning: it never changes the exit code."""
-    path = Path(bundle_dir, "report.html")
+    from graft.report.html import REPORT_NAME
+
+    path = Path(bundle_dir, REPORT_NAME)
     if not (had_report if had_report is not None else path.is_file()):
         click.echo(f"report: graft report {bundle_dir}")
         return
@@ -32,8 +35,7 @@ def after_change(bundle_dir: str | Path, had_report: bool | None = None) -> None
 
         click.echo(f"updated {write_report(bundle_dir)}")
     except Exception as exc:  # the report is a view: it never changes the command's outcome
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        click.echo(f"warning: the report was not updated ({text})", err=True)
+        click.echo(f"warning: the report was not updated ({first_line(exc)})", err=True)
 
 
 COMMANDS = [report]

@@ -8,7 +8,7 @@ charts need matplotlib: ``pip install 'graft[report]'``.
 from __future__ import annotations
 
 from graft.report.card import model_card
-from graft.report.writer import refresh_report, write_report
+from graft.report.writer import write_report
 from graft.report.markdown import model_card_markdown
 
-__all__ = ["model_card", "model_card_markdown", "refresh_report", "write_report"]
+__all__ = ["model_card", "model_card_markdown", "write_report"]

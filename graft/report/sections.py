@@ -21,8 +21,8 @@ def render_sections(bundle_dir: Path, manifest: dict) -> dict[str, str]:
         "training": training(manifest),
         "results": results(bundle_dir, manifest),
         "exports": exports(bundle_dir, manifest, rows),
-        "model-card": (f"<p>Also written as <code>MODEL_CARD.md</code> beside this file. Sections follow "
-                       f"<em>Model Cards for Model Reporting</em> (Mitchell et al., 2019).</p>"
+        "model-card": ("<p>Also written as <code>MODEL_CARD.md</code> beside this file. Sections follow "
+                       "<em>Model Cards for Model Reporting</em> (Mitchell et al., 2019).</p>"
                        + card_html(model_card(manifest))),
     }
 

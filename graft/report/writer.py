@@ -37,17 +37,3 @@ def write_report(bundle_dir: str | Path, output: str | Path | None = None) -> Pa
     atomic_write_bytes(output, document.encode("utf-8"))
     atomic_write_bytes(output.parent / CARD_NAME, model_card_markdown(manifest).encode("utf-8"))
     return output
-
-
-def refresh_report(bundle_dir: str | Path) -> Path | None:
-    """Rewrite ``BUNDLE/report.html`` and its model card if a report is already there.
-
-    For commands that change a bundle (`graft export`, `graft verify`): a report
-    the user asked for stays current; none is created unasked.
-
-    Returns:
-        The report's path, or None when the bundle has no report.html.
-    """
-    if not Path(bundle_dir, REPORT_NAME).is_file():
-        return None
-    return write_report(bundle_dir)

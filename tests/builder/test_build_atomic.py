@@ -3,13 +3,10 @@ source model edited in place never reuses features cached for its old version.""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 import textwrap
-
-import pytest
 
 from graft import bundle
 from graft.builder.build import BuildOptions, build_bundle

@@ -14,7 +14,8 @@ from report_support import BLUE, GREEN, MODEL_CARD_SECTIONS, RED, parse_page, pl
 
 from graft import bundle
 from graft.errors import BundleError, GraftError
-from graft.report import refresh_report, write_report
+from graft.cli.report import after_change
+from graft.report import write_report
 
 
 @pytest.fixture(scope="module")
@@ -220,16 +221,18 @@ def test_not_a_bundle(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_refresh_rewrites_only_an_existing_report(report_bundle, tmp_path):
+def test_commands_rewrite_only_an_existing_report(report_bundle, tmp_path, capsys):
     copy = shutil.copytree(report_bundle, tmp_path / "b")
-    assert refresh_report(copy) is None
+    after_change(copy)  # what build, export and verify call
+    assert capsys.readouterr().out == f"report: graft report {copy}\n"
     assert not (copy / "report.html").exists() and not (copy / "MODEL_CARD.md").exists()
     write_report(copy)
     manifest = bundle.read_manifest(copy)
     manifest["exports"] = [row for row in manifest["exports"] if row["precision"] == "float32"]
     bundle.write_manifest(copy, manifest)
 
-    assert refresh_report(copy) == copy / "report.html"
+    after_change(copy)
+    assert capsys.readouterr().out == f"updated {copy / 'report.html'}\n"
 
     rows = parse_page((copy / "report.html").read_text(encoding="utf-8")).tables["exports-table"][1:]
     assert [row[0] for row in rows] == ["model.float32.onnx"]

@@ -11,8 +11,6 @@ import click
 from graft.cli.errors import exit_code, one_line
 from graft.errors import GraftError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logs, when a command loads it
-
 
 class GraftGroup(click.Group):
     """Turns errors into one line on stderr and an exit code (``--debug``: the traceback)."""
@@ -38,6 +36,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def cli(ctx: click.Context, debug: bool) -> None:
     """graft: a folder of pictures in, a classifier that runs anywhere out."""
     ctx.obj = {"debug": debug}
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logs, when a command loads it
     if not debug:
         warnings.showwarning = _show_warning
 

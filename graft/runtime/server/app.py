@@ -121,8 +121,7 @@ class Server:
             return error_response(Unavailable("the server is shutting down"))
         for entry in self.repository.entries():
             if entry.batcher.failure is not None:
-                return error_response(Unavailable(f"model '{entry.name}:{entry.version}' is not ready: "
-                                                  f"{entry.batcher.failure}; restart the server"))
+                return error_response(entry.batcher.unavailable())
         return JSONResponse({"ready": True})
 
     async def server_metadata(self, request: Request) -> Response:
@@ -146,8 +145,7 @@ class Server:
         if self.state.draining:
             return error_response(Unavailable(f"model {entry.name!r}: the server is shutting down"))
         if entry.batcher.failure is not None:
-            return error_response(Unavailable(f"model {entry.name!r} version {entry.version} is not "
-                                              f"ready: {entry.batcher.failure}; restart the server"))
+            return error_response(entry.batcher.unavailable())
         return JSONResponse({"name": entry.name, "ready": True})
 
     async def model_config(self, request: Request) -> Response:

@@ -107,9 +107,10 @@ class Batcher:
         exc = task.exception()
         self.failure = f"the batch worker stopped ({type(exc).__name__}: {exc})"
         log.error("model %s: %s", self.name, self.failure, exc_info=exc)
-        self._fail_held(self._unavailable())
+        self._fail_held(self.unavailable())
 
-    def _unavailable(self) -> Unavailable:
+    def unavailable(self) -> Unavailable:
+        """What a request (or a readiness probe) is told once the batch worker has stopped."""
         return Unavailable(f"model {self.name!r} is not ready: {self.failure}; restart the server")
 
     def _fail_held(self, error: ServerError) -> None:
@@ -134,7 +135,7 @@ class Batcher:
     async def submit(self, pixels: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, float]:
         """Queue ``pixels`` (n, H, W, 3); return (probabilities (n, C), seconds spent queued)."""
         if self.failure is not None:
-            raise self._unavailable()
+            raise self.unavailable()
         if self._task is None:
             raise Unavailable(f"model {self.name!r} is not running")
         if len(self._items) >= self.max_queue:

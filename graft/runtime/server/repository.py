@@ -103,7 +103,7 @@ def load_repository(path: str | Path, device: str = "auto", model_threads: int |
 
     Args:
         path: a model file, a bundle directory, or a folder of ``NAME/VERSION/``.
-        device: "auto", "cpu" or "gpu", as ``Classifier.load`` takes it.
+        device: "auto", "cpu", "cuda", "tensorrt" or "openvino", as ``Classifier.load`` takes it.
         model_threads: ONNX Runtime intra-op (or LiteRT) threads per model; None lets the engine choose.
         max_pixels: the largest image (width x height) each model will decode.
     """

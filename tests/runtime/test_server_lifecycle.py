@@ -17,7 +17,7 @@ import pytest
 from graft.errors import BundleError
 from graft.runtime.server.repository import load_repository
 from models import make_color_bundle
-from server_harness import REPO_ROOT, ServerProcess, image_bytes
+from server_harness import REPO_ROOT, ServerProcess, image_bytes, metric, wait_for
 
 
 def graft(*args: str) -> subprocess.CompletedProcess:
@@ -50,7 +50,8 @@ def test_sigterm_turns_ready_503_finishes_in_flight_requests_and_exits_0(color_b
     threads = [threading.Thread(target=slow_upload, args=(i, c)) for i, c in enumerate(colors)]
     for thread in threads:
         thread.start()
-    wait_in_flight(server.url, len(colors) + 1)  # the uploads and the metrics request itself
+    wait_for(lambda: metric(server.url, "graft_http_requests_in_flight") >= len(colors) + 1, 20,
+             "the uploads reaching the server")  # the uploads and the metrics request itself
     server.process.send_signal(15)
     ready = []
     for _ in range(40):
@@ -64,16 +65,6 @@ def test_sigterm_turns_ready_503_finishes_in_flight_requests_and_exits_0(color_b
         thread.join(30)
     assert answers == [(200, c) for c in colors]
     assert server.process.wait(30) == 0
-
-
-def wait_in_flight(url: str, count: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-            if line.startswith("graft_http_requests_in_flight ") and float(line.split()[1]) >= count:
-                return
-        time.sleep(0.02)
-    raise AssertionError(f"fewer than {count} requests reached the server")
 
 
 def test_it_binds_loopback_by_default(color_onnx):

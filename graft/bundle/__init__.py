@@ -12,7 +12,7 @@ from graft.bundle.manifest import (EXPORTS_DIR, build_id, INTERPOLATIONS, KERAS_
                                    METADATA_KEY, PORTABLE_KEYS, RESIZE_MODES, SCHEMA_VERSION,
                                    find_export, input_shape, input_spec, is_bundle, parse_manifest,
                                    portable_manifest, preprocessing_contract, read_manifest,
-                                   record_export, updating, validate_manifest, write_manifest)
+                                   put_export, record_export, updating, validate_manifest, write_manifest)
 from graft.bundle.splits import (SPLITS, SPLITS_NAME, held_out_rows, read_splits, sample_file,
                                  split_rows, write_splits)
 
@@ -21,6 +21,6 @@ __all__ = [
     "staging_directory", "swap_directory", "EXPORTS_DIR", "INTERPOLATIONS", "KERAS_NAME", "MANIFEST_NAME", "METADATA_KEY",
     "PORTABLE_KEYS", "RESIZE_MODES", "build_id", "SCHEMA_VERSION", "find_export", "input_shape", "input_spec",
     "is_bundle", "parse_manifest", "portable_manifest", "preprocessing_contract", "read_manifest",
-    "record_export", "updating", "validate_manifest", "write_manifest", "SPLITS", "SPLITS_NAME",
+    "put_export", "record_export", "updating", "validate_manifest", "write_manifest", "SPLITS", "SPLITS_NAME",
     "held_out_rows", "read_splits", "sample_file", "split_rows", "write_splits",
 ]

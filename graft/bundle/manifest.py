@@ -150,12 +150,16 @@ def portable_manifest(manifest: dict) -> dict:
     return {key: manifest[key] for key in PORTABLE_KEYS if key in manifest}
 
 
+def put_export(manifest: dict, entry: dict) -> None:
+    """Add or replace (by relative path) an exported artifact's row in ``manifest``, in path order."""
+    rows = [row for row in manifest.get("exports", []) if row.get("path") != entry["path"]]
+    manifest["exports"] = sorted(rows + [entry], key=lambda row: row["path"])
+
+
 def record_export(bundle: str | os.PathLike, entry: dict) -> dict:
     """Add or replace (by relative path) an exported artifact's row in graft.json."""
     with updating(bundle) as manifest:
-        rows = [row for row in manifest.get("exports", []) if row.get("path") != entry["path"]]
-        rows.append(entry)
-        manifest["exports"] = sorted(rows, key=lambda row: row["path"])
+        put_export(manifest, entry)
     return manifest
 
 

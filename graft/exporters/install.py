@@ -54,8 +54,7 @@ def install(bundle_dir: Path, candidate: Candidate, echo, built: tuple | None = 
         os.replace(candidate.path, final)
         bundle.fsync_dir(final.parent)
         try:
-            rows = [r for r in manifest.get("exports", []) if r.get("path") != candidate.row["path"]]
-            manifest["exports"] = sorted(rows + [candidate.row], key=lambda r: r["path"])
+            bundle.put_export(manifest, candidate.row)
             bundle.write_manifest(bundle_dir, manifest)
         except BaseException:
             if backup is not None:

@@ -16,8 +16,6 @@ from graft.report.facts import export_rows, megabytes, number, pct, points, spli
 
 OWNER = "To be completed by the model owner."
 WEIGHT_KEYS = ("source", "package", "version", "file", "license", "sha256", "file_sha256")
-SECTIONS = ("Model Details", "Intended Use", "Factors", "Metrics", "Evaluation Data", "Training Data",
-            "Quantitative Analyses", "Ethical Considerations", "Caveats and Recommendations")
 
 
 @dataclass

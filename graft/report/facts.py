@@ -7,10 +7,12 @@ hand-edited manifests (a missing or mistyped field becomes "not recorded").
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
+
+from graft import bundle
+from graft.errors import BundleError, GraftError
 
 PRECISION_ORDER = ("float32", "float16", "dynamic", "int8")
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -95,13 +97,11 @@ def _export_row(row: dict) -> dict:
 
 
 def read_splits(bundle_dir: Path) -> dict | None:
-    """splits.json as a dict, or None when it is missing or unreadable."""
-    path = Path(bundle_dir, "splits.json")
+    """splits.json as a dict, or None when it is missing or unreadable (the report still renders)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return bundle.read_splits(bundle_dir)
+    except (BundleError, OSError):
         return None
-    return data if isinstance(data, dict) and isinstance(data.get("samples"), list) else None
 
 
 def misclassified(bundle_dir: Path, manifest: dict) -> dict:
@@ -140,11 +140,9 @@ def _predict_with_onnx(bundle_dir: Path, held: list[dict], manifest: dict) -> tu
     """Test rows with ``predicted``/``score`` from the float32 ONNX export (older bundles)."""
     rebuild = ("this bundle records no test-set predictions; rebuild it with `graft build` "
                "(or export a float32 ONNX file) to list the misclassified images")
-    row = next((r for r in manifest.get("exports") or [] if isinstance(r, dict)
-                and r.get("format") == "onnx" and r.get("precision") == "float32"), None)
+    row = bundle.find_export(manifest, "onnx", "float32")
     if row is None:
         return [], "", rebuild
-    from graft.errors import GraftError
     from graft.runtime import Classifier
 
     present = [r for r in held if Path(str(r.get("file", ""))).is_file()]

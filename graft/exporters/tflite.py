@@ -16,7 +16,7 @@ import numpy as np
 from graft import bundle
 from graft.errors import ExportError, first_line
 from graft.exporters.graph import serving_function
-from graft.exporters.tflite_metadata import add_metadata, mediapipe_problems
+from graft.exporters.tflite_metadata import add_metadata, io_tensors, mediapipe_problems
 
 
 def converter(model, size: int):
@@ -162,15 +162,6 @@ def write(ctx, out: Path, data: bytes, precision: str, **facts) -> None:
 
 
 def io_details(data: bytes) -> dict:
-    """dtype, scale and zero-point of the model's input and output, from the interpreter."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=data)
-
-    def describe(detail):
-        scale, zero_point = detail["quantization"]
-        return {"dtype": np.dtype(detail["dtype"]).name, "scale": float(scale),
-                "zero_point": int(zero_point)}
-
-    return {"input": describe(interpreter.get_input_details()[0]),
-            "output": describe(interpreter.get_output_details()[0])}
+    """dtype, scale and zero-point of the model's input and output (read from the flatbuffer)."""
+    return {role: {key: tensor[key] for key in ("dtype", "scale", "zero_point")}
+            for role, tensor in io_tensors(data).items()}

@@ -132,16 +132,16 @@ def _debug_int8(ctx: Context, target, candidate: Candidate, held_out, budgets, e
     """Say which layers hurt; with --auto-exclude, keep the worst in float until the budget holds."""
     from graft.exporters import debug
 
+    try:
+        ranking = debug.rank_layers(ctx, target.format, candidate.path)
+    except Exception as exc:  # the file is still recorded, flagged, without the diagnosis or search
+        candidate.row["flagged"] += f"; the layer debugger failed ({type(exc).__name__}: {str(exc)[:200]})"
+        return candidate
     if ctx.options.auto_exclude:
-        candidate = auto_exclude(ctx, target, candidate, held_out, budgets, echo)
+        candidate = auto_exclude(ctx, target, candidate, ranking, held_out, budgets, echo)
         info = candidate.row["auto_exclude"]
         echo(f"  auto-exclude kept {len(info['excluded_nodes'])} layer(s) in float: "
              f"size {info['size_cost']:+.1%}, batch-32 throughput {-info['speed_cost']:+.1%}")
-        return candidate
-    try:
-        ranking = debug.rank_layers(ctx, target.format, candidate.path)
-    except Exception as exc:  # the file is still recorded, flagged, without the diagnosis
-        candidate.row["flagged"] += f"; the layer debugger failed ({type(exc).__name__}: {str(exc)[:200]})"
         return candidate
     candidate.row["worst_layers"] = ranking[:10]
     candidate.row["flagged"] += (f"; worst layers ({ranking[0]['metric'] if ranking else ''}): "
@@ -150,15 +150,10 @@ def _debug_int8(ctx: Context, target, candidate: Candidate, held_out, budgets, e
     return candidate
 
 
-def auto_exclude(ctx: Context, target, candidate: Candidate, held_out, budgets, echo) -> Candidate:
-    """Keep the worst layers in float, more each round, until the budget holds (or give up)."""
-    from graft.exporters import debug
-
-    try:
-        ranking = debug.rank_layers(ctx, target.format, candidate.path)
-    except Exception as exc:  # recorded, flagged, without the search
-        candidate.row["flagged"] += f"; the layer debugger failed ({type(exc).__name__}: {str(exc)[:200]})"
-        return candidate
+def auto_exclude(ctx: Context, target, candidate: Candidate, ranking: list[dict], held_out,
+                 budgets, echo) -> Candidate:
+    """Keep the worst layers of ``ranking`` in float, more each round, until the budget holds
+    (or give up)."""
     before = _cost(candidate)
     tried, current = [], candidate
     for count in [n for n in STEPS if n < len(ranking)] + [len(ranking)]:

@@ -99,7 +99,7 @@ def produce(ctx: Context, target: registry.Target, held_out: parity.HeldOut | No
         if held_out is None:
             candidate.row["status"] = "unverified"
             return candidate
-        result = _check(candidate.path, target, held_out, budgets)
+        result = _check(candidate.path, target, held_out)
         verdict = parity.judge(result, target.budget, budgets)
         candidate.row["parity"] = {**result, **{k: verdict[k] for k in (
             "budget", "budget_default", "passed", "breaches", "default_breaches")}}
@@ -116,13 +116,12 @@ def produce(ctx: Context, target: registry.Target, held_out: parity.HeldOut | No
     return candidate
 
 
-def _check(path: Path, target: registry.Target, held_out: parity.HeldOut, budgets) -> dict:
+def _check(path: Path, target: registry.Target, held_out: parity.HeldOut) -> dict:
     """Parity at batch 32; dynamic int8 also at batch 1 (its results depend on the batch)."""
-    budget = parity.budget_for(target.budget, budgets)
-    result = parity.check_file(path, held_out, budget)
+    result = parity.check_file(path, held_out)
     if target.precision != "dynamic":
         return result
-    single = parity.check_file(path, held_out, budget, batch=1)
+    single = parity.check_file(path, held_out, batch=1)
     worst = min((result, single), key=lambda r: (r["top1_agreement"], -r["max_abs_diff"]))
     return {**worst, "per_batch": {str(b): {k: r[k] for k in ("top1_agreement", "max_abs_diff", "accuracy")}
                                    for b, r in ((32, result), (1, single))}}

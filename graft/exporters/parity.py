@@ -186,15 +186,13 @@ def run_file(path: Path, held_out: HeldOut, threads: int | None = None, batch: i
     return np.concatenate(outputs) if outputs else np.zeros((0, classes), np.float32)
 
 
-def check_file(path: Path, held_out: HeldOut, budget: dict, threads: int | None = None,
-               batch: int = 32) -> dict:
-    """Run an exported file on the held-out images and judge it against Keras with ``budget``."""
+def check_file(path: Path, held_out: HeldOut, threads: int | None = None, batch: int = 32) -> dict:
+    """Run an exported file on the held-out images and measure it against Keras (``judge``
+    then applies a budget)."""
     reference = held_out.reference()
     candidate = run_file(path, held_out, threads, batch)
     result = compare(reference, candidate)
     keras_accuracy = accuracy(reference, held_out.y)
     result.update(accuracy=accuracy(candidate, held_out.y), keras_accuracy=keras_accuracy,
                   accuracy_drop=keras_accuracy - accuracy(candidate, held_out.y))
-    found = breaches(result, budget)
-    return {"reference": "keras", "split": held_out.split, **result, "budget": dict(budget),
-            "passed": not found, "breaches": found}
+    return {"reference": "keras", "split": held_out.split, **result}

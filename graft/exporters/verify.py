@@ -101,7 +101,7 @@ def verify_row(bundle_dir: Path, row: dict, held_out, budgets, threads: int, sam
         return {**base, "passed": False, "breaches": ["sha256 differs from graft.json (file changed or damaged)"],
                 "sha256": row.get("sha256")}
     base["sha256"] = row["sha256"]
-    result = parity.check_file(path, held_out, base["budget"], threads)
+    result = parity.check_file(path, held_out, threads)
     out = {**base, **{k: result[k] for k in ("accuracy", "keras_accuracy", "accuracy_drop",
                                              "top1_agreement", "max_abs_diff", "images")},
            **parity.judge(result, family, budgets)}

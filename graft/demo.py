@@ -135,9 +135,8 @@ def run_demo(out: str | Path, echo: Callable[[str], None] = print) -> dict:
     samples = list({r["label"]: r for r in reversed(test)}.values())[::-1]  # one per class
     runtimes = {key: Classifier.load(bundle_dir, artifact=key) for key in ("onnx", "tflite:int8")}
     for sample in samples:
-        answers = "  ".join(f"{key}: {clf.predict(Path(sample['file']), top_k=1)[0].label} "
-                            f"{clf.predict(Path(sample['file']), top_k=1)[0].score:.2f}"
-                            for key, clf in runtimes.items())
+        tops = {key: clf.predict(Path(sample["file"]), top_k=1)[0] for key, clf in runtimes.items()}
+        answers = "  ".join(f"{key}: {top.label} {top.score:.2f}" for key, top in tops.items())
         echo(f"      {sample['path']:<28} -> {answers}")
     echo(f"done in {time.perf_counter() - started:.0f} s; try: graft predict {bundle_dir} "
          f"{data / 'grass'} --top-k 2 --artifact tflite:int8")

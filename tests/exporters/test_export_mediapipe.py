@@ -42,7 +42,7 @@ def test_mediapipe_runs_every_exported_tflite_file(exported_bundle, held_out, ta
     row = bundle.find_export(manifest, "tflite", target.precision)
     check = row["mediapipe"]
     assert check["graft_resize"] == "stretch" and check["images"] == len(held_out[1])
-    assert 0.0 <= check["top1_agreement"] <= 1.0
+    assert check["top1_agreement"] >= 0.95  # MediaPipe's resize picks the same labels as graft's
 
 
 def test_mediapipe_resize_is_bilinear_without_antialiasing():

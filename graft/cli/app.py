@@ -46,9 +46,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from graft.cli import build, export, predict, report, serve
+    from graft.cli import build, export, predict, probe, report, serve
 
-    for module in (build, export, predict, report, serve):
+    for module in (build, probe, export, predict, report, serve):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -53,7 +53,8 @@ def load_backbone(name: str, weights: str | None = None, image_size: int | None 
         weights: 'imagenet', 'none' or a weights file (registered backbones); a file
             or None (its own weights) for a source model.
         image_size: square input size (default: the backbone's native size).
-        cut_layer: the layer of a source model whose output becomes the features.
+        cut_layer: the layer of a source model whose output becomes the features, or the
+            block end of an EfficientNet-Lite backbone (``cuts.cut_names``; default ``top``).
         cache_dir: the graft cache, where converted weights are kept.
 
     Returns:
@@ -66,8 +67,9 @@ def load_backbone(name: str, weights: str | None = None, image_size: int | None 
     if name not in REGISTRY:
         raise BackboneError(f"unknown backbone {name!r}; allowed: {', '.join(REGISTRY)}, "
                             "or the path of a saved .keras model")
-    if cut_layer:
-        raise BackboneError("--cut-layer applies to a source .keras model, not to a registered "
-                            f"backbone ({name!r})")
     spec = REGISTRY[name]
-    return spec.load()(name, spec, weights or spec.default_weights, image_size, cache_dir)
+    if cut_layer and not spec.named_cuts:
+        raise BackboneError("--cut-layer applies to a source .keras model or an EfficientNet-Lite "
+                            f"backbone (block ends such as block5c), not to {name!r}")
+    cut = {"cut_layer": cut_layer} if cut_layer else {}
+    return spec.load()(name, spec, weights or spec.default_weights, image_size, cache_dir, **cut)

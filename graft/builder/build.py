@@ -115,13 +115,15 @@ class BuildOptions:
                 raise GraftError(f"--{name.replace('_', '-')} must be a positive integer; received {value!r}")
 
 
-def build_bundle(data: str | Path, out: str | Path, options: BuildOptions | None = None) -> dict:
+def build_bundle(data: str | Path, out: str | Path, options: BuildOptions | None = None,
+                 probe: dict | None = None) -> dict:
     """Build a bundle at ``out`` from ``data`` (class folders or a path,label CSV).
 
     Args:
         data: the dataset: one sub-folder per class, or a CSV of ``path,label``.
         out: the bundle directory to write (swapped in whole when complete).
         options: build settings; defaults to ``BuildOptions()``.
+        probe: what `graft probe` measured and chose (``--backbone auto``), kept in graft.json.
 
     Returns:
         The manifest written to ``out/graft.json``.
@@ -131,16 +133,19 @@ def build_bundle(data: str | Path, out: str | Path, options: BuildOptions | None
         BackboneError, WeightsError: the backbone cannot be built.
     """
     options = (options or BuildOptions()).check()
+    if options.backbone == "auto":
+        raise GraftError("--backbone auto is resolved by the probe first (graft.cli.auto); "
+                         "build_bundle needs the chosen backbone")
     out = Path(out)
     bundle.recover_directory(out)
     check_output(out, options.overwrite)
     samples = datamod.scan(data)
     labels = sorted({s.label for s in samples})
     with engine_session(options.extraction()):  # --engine ray: join the cluster first, fail fast
-        return _build(samples, labels, data, out, options)
+        return _build(samples, labels, data, out, options, probe)
 
 
-def _build(samples, labels, data, out: Path, options: BuildOptions) -> dict:
+def _build(samples, labels, data, out: Path, options: BuildOptions, probe: dict | None = None) -> dict:
     import keras
     import tensorflow as tf
 
@@ -187,6 +192,8 @@ def _build(samples, labels, data, out: Path, options: BuildOptions) -> dict:
         manifest["backbone"]["fine_tuned_blocks"] = stages[-1]["settings"]["unfrozen_blocks"]
     manifest["backbone"]["feature_spread"] = round(spread, 6)
     manifest["dataset"]["extraction"] = ext.record
+    if probe:
+        manifest["probe"] = probe
     rows = split_rows(ext.samples, splits, labels, test_probs)
     write_bundle(out, model, manifest, rows, data)
     return manifest

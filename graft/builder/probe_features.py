@@ -114,18 +114,24 @@ def source_cuts(path: Path, requested: list[str] | None) -> list[str]:
 
 
 def _source_family(path: Path, family: Family) -> Backbone:
+    """The source model cut at every cut of the family at once, each output pooled as
+    ``source_model.from_source_model`` pools one (a build of one cut computes the same)."""
     import keras
 
-    from graft.builder.backbones.source_model import from_source_model
+    from graft.builder.backbones.source_model import from_source_model, output_in
 
-    parts = [from_source_model(path, None, family.image_size, cut) for cut in family.cuts]
+    first = from_source_model(path, None, family.image_size, family.cuts[0])  # checks and records
+    source = keras.saving.load_model(path, safe_mode=True, compile=False)
+    inner = keras.Model(source.inputs, [output_in(source, source.get_layer(c)) for c in family.cuts],
+                        name="source_cut")
     inputs = keras.Input((family.image_size, family.image_size, 3), name="pixels")
-    outputs = [part.model(inputs) for part in parts]
+    outputs = inner(inputs, training=False)
+    outputs = [keras.layers.GlobalAveragePooling2D(name=f"pool_{i}")(o) if len(o.shape) == 4 else o
+               for i, o in enumerate(outputs)]
     family.dims = [int(out.shape[-1]) for out in outputs]
     joined = outputs[0] if len(outputs) == 1 else keras.layers.Concatenate(name="cuts")(outputs)
     model = keras.Model(inputs, joined, name="source_cuts")
     model.trainable = False
-    first = parts[0]
     info = {**first.info, "cut_layer": "+".join(family.cuts), "feature_dim": sum(family.dims)}
     return Backbone(model, info, family.image_size, f"{first.architecture}:cuts:{'+'.join(family.cuts)}")
 

@@ -14,14 +14,23 @@ from graft.builder.backbones.registry import DEFAULT as DEFAULT_BACKBONE
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=str),
               help="Bundle directory to write (model.keras + graft.json).")
 @click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
-              help="A registered backbone name, or a saved .keras model to cut.")
+              help="A registered backbone name, a saved .keras model to cut, or auto: run "
+              "`graft probe` and build its recommendation (backbone, cut, resolution).")
 @click.option("--cut-layer", default=None, help="Layer of a source .keras model to cut at "
-              "(default: its last pooled feature layer).")
+              "(default: its last pooled feature layer), or an EfficientNet-Lite block end such as "
+              "block5c (default: top). With --backbone auto: pins the cut.")
+@click.option("--probe-backbones", default=None, help="--backbone auto: comma-separated backbones "
+              "and .keras source models to probe (default: every backbone that works offline).")
+@click.option("--latency-ms", type=click.FloatRange(0, min_open=True), default=None,
+              help="--backbone auto: batch-1 latency budget; the export that meets it is made and verified.")
+@click.option("--size-mb", type=click.FloatRange(0, min_open=True), default=None,
+              help="--backbone auto: model file size budget; the export that meets it is made and verified.")
 @click.option("--weights", default=None,
               help="imagenet (the default for registered backbones), none, or a weights FILE. "
               "A source .keras model keeps its own weights by default.")
 @click.option("--image-size", type=click.IntRange(16, 1024), default=None,
-              help="Square input size in pixels (default: the backbone's native size).")
+              help="Square input size in pixels (default: the backbone's native size). With "
+              "--backbone auto: pins the resolution.")
 @click.option("--resize", type=click.Choice(["stretch", "crop"]), default="stretch", show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 10000), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
@@ -81,7 +90,17 @@ def build(data, out, **options):
     from graft.cli.report import after_change
 
     had_report = Path(out, "report.html").is_file()  # the rebuilt bundle replaces the old one whole
-    manifest = build_bundle(data, out, BuildOptions(**options))
+    budget = {"latency_ms": options.pop("latency_ms"), "size_mb": options.pop("size_mb")}
+    candidates = options.pop("probe_backbones")
+    if options["backbone"] == "auto":
+        from graft.cli.auto import build_auto
+
+        manifest = build_auto(data, out, BuildOptions(**options), budget, echo=click.echo,
+                              backbones=[b.strip() for b in candidates.split(",")] if candidates else None)
+    elif any(v is not None for v in budget.values()) or candidates:
+        raise click.UsageError("--latency-ms, --size-mb and --probe-backbones apply to --backbone auto")
+    else:
+        manifest = build_bundle(data, out, BuildOptions(**options))
     print_build_summary(out, manifest)
     after_change(out, had_report)
 

@@ -47,7 +47,7 @@ footer{color:#666;font-size:13px;text-align:center;padding:20px}
 """
 REPORT_NAME = "report.html"
 CARD_NAME = "MODEL_CARD.md"
-NAV = (("summary", "Summary"), ("training", "Training"), ("results", "Held-out results"),
+NAV = (("summary", "Summary"), ("probe", "Choice of backbone"), ("training", "Training"), ("results", "Held-out results"),
        ("exports", "Exports"), ("model-card", "Model card"))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from graft.report import facts, plots
 from graft.report.card import WEIGHT_KEYS, model_card, per_class_table, quantization_notes
 from graft.report.html import card_html, esc, facts_table, image, note, table
+from graft.report.probe import probe_section
 from graft.report.thumbs import data_uri, thumbnail
 
 MAX_THUMBNAILS = 48
@@ -16,7 +17,7 @@ MAX_SKIPPED_ROWS = 200
 def render_sections(bundle_dir: Path, manifest: dict) -> dict[str, str]:
     """{section id: HTML} for every section of the page."""
     rows = facts.export_rows(manifest)
-    return {
+    found = {
         "summary": summary(manifest),
         "training": training(manifest),
         "results": results(bundle_dir, manifest),
@@ -25,6 +26,9 @@ def render_sections(bundle_dir: Path, manifest: dict) -> dict[str, str]:
                        "<em>Model Cards for Model Reporting</em> (Mitchell et al., 2019).</p>"
                        + card_html(model_card(manifest))),
     }
+    if manifest.get("probe"):  # built with --backbone auto
+        found["probe"] = probe_section(manifest["probe"])
+    return found
 
 
 def _weights(backbone: dict) -> str:

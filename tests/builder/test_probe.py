@@ -1,0 +1,158 @@
+"""graft probe: scores, intervals, LogME, the choice under a budget, the verdict on transfer, and
+the command end to end on a tiny source model (plus one run on real EfficientNet-Lite weights)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from graft.builder import probe_choice as choice
+from graft.builder import probe_scores as scores
+from graft.errors import BackboneError, DataError
+
+
+def blobs(n_per_class=30, classes=3, dim=16, spread=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (classes, dim))
+    y = np.repeat(np.arange(classes), n_per_class)
+    return centres[y] + rng.normal(0, spread, (len(y), dim)), y
+
+
+def test_scores_separate_signal_from_noise():
+    x, y = blobs()
+    noise = np.random.default_rng(1).normal(size=x.shape)
+    folds = scores.fold_ids(y)
+    assert sorted(np.bincount(folds)) == [18] * 5  # stratified: 90 images, 5 folds
+    assert scores.knn_loo(x, y).mean() > 0.95 and scores.logistic_cv(x, y, folds).mean() > 0.95
+    assert scores.knn_loo(noise, y).mean() < 0.6 and scores.logistic_cv(noise, y, folds).mean() < 0.6
+    assert scores.logme(x, y) > scores.logme(noise, y)
+
+
+def test_logme_follows_the_paper_in_both_shapes():
+    """n > D and n < D give the evidence of the same model (the thin SVD covers both); a
+    feature that copies the label gives a higher evidence than noise."""
+    x, y = blobs(n_per_class=10, dim=40)               # 30 images, 40 dimensions
+    wide = scores.logme(x, y)
+    tall = scores.logme(np.vstack([x, x]), np.concatenate([y, y]))
+    assert np.isfinite(wide) and np.isfinite(tall)
+    label = np.eye(3)[y] + np.random.default_rng(0).normal(0, 0.01, (30, 3))
+    assert scores.logme(label, y) > scores.logme(np.random.default_rng(0).normal(size=(30, 3)), y)
+
+
+def test_bootstrap_intervals():
+    correct = np.array([1] * 80 + [0] * 20, bool)
+    low, high = scores.bootstrap_ci(correct)
+    assert low < 0.8 < high and 0.05 < high - low < 0.25
+    diff, (dlow, dhigh) = scores.paired_ci(correct, np.zeros(100, bool))
+    assert diff == 0.8 and dlow > 0.6
+    diff, (dlow, dhigh) = scores.paired_ci(correct, correct)
+    assert diff == 0 and dlow == dhigh == 0
+
+
+def test_too_few_images_per_class_says_the_minimum():
+    y = np.array([0] * 9 + [1] * 3)
+    with pytest.raises(DataError, match=r"at least 5 images per class.*b \(3\)"):
+        scores.check_counts(y, ["a", "b"])
+
+
+def _cands():
+    def cand(cid, est, f32, i8, mb=4.0):
+        return {"id": cid, "backbone": "efficientnet_lite0", "image_size": 128, "cut_layer": "top",
+                "estimate": est, "logme": 0.0,
+                "logistic": {"accuracy": est, "interval": [est - 0.05, est + 0.05], "folds": 5, "n": 100},
+                "cost": {"float32": {"latency_ms": f32, "size_mb": mb},
+                         "int8": {"latency_ms": i8, "size_mb": mb / 4}}}
+    return [cand("big", 0.90, 20.0, 8.0, 12.0), cand("small", 0.895, 6.0, 2.0), cand("weak", 0.60, 1.0, 0.5)]
+
+
+def test_recommendation_pareto_and_budget():
+    cands = _cands()
+    by_id = {c["id"]: c for c in cands}
+    table = choice.pareto(choice.options_of(cands))
+    front = [r["id"] for r in table if r["pareto"]]
+    assert front == ["weak int8", "small int8", "big int8"]  # weak float32: as good as int8, slower
+    rec = choice.recommend(table, by_id, None, None)   # within a point of the best: the faster float32
+    assert (rec["candidate"], rec["precision"]) == ("small", "float32") and "fastest float32" in rec["why"]
+    rec = choice.recommend(table, by_id, 4.0, None)    # float32 of small misses 4 ms: int8 fits
+    assert (rec["candidate"], rec["precision"]) == ("small", "int8")
+    rec = choice.recommend(table, by_id, None, 1.5)    # only the int8 files are that small
+    assert rec["precision"] == "int8"
+    with pytest.raises(DataError, match=r"no candidate meets.*fastest is weak int8 at 0\.50 ms"):
+        choice.recommend(table, by_id, 0.1, None)
+
+
+def test_verdict_needs_an_interval_above_zero():
+    best, base = {"id": "x"}, {"description": "raw pixels"}
+    good = np.array([1] * 90 + [0] * 10, bool)
+    helps = choice.verdict(best, good, base, np.array([1] * 50 + [0] * 50, bool))
+    assert helps["transfer_helps"] and helps["text"].startswith("transfer helps") and helps["n"] == 100
+    same = choice.verdict(best, good, base, good.copy())
+    assert not same["transfer_helps"] and "does not clearly help" in same["text"]
+
+
+def test_named_cut_layers_of_efficientnet_lite():
+    from graft.builder.backbones import cuts, load_backbone
+
+    assert cuts.stage_ends("efficientnet_lite0") == ["block1a", "block2b", "block3b", "block4c", "block5c",
+                                                     "block6d", "block7a", "top"]
+    assert cuts.probe_cuts("efficientnet_lite2") == ["block5d", "block6e", "top"]
+    with pytest.raises(BackboneError, match=r"no cut layer 'block9z'.*block5c"):
+        load_backbone("efficientnet_lite0", cut_layer="block9z")
+    with pytest.raises(BackboneError, match="not to 'mobilenet_v2'"):
+        load_backbone("mobilenet_v2", cut_layer="block5c")
+
+
+@pytest.fixture(scope="module")
+def probe_data(tmp_path_factory):
+    from models import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("probe") / "colors", per_class=10)
+
+
+def _graft(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "graft", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_probe_command_on_a_source_model(tmp_path, probe_data, source_model):
+    out = tmp_path / "probe.json"
+    run = _graft("probe", str(probe_data), "--backbones", str(source_model), "--cut-layers", "conv,features",
+                 "-o", str(out), "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert {c["id"] for c in result["candidates"]} == {"source.keras@24/conv", "source.keras@24/features"}
+    for cand in result["candidates"]:
+        assert cand["feature_dim"] == 8 and 0 <= cand["logistic"]["interval"][0] <= cand["estimate"]
+        assert cand["cost"]["float32"]["latency_ms"] > 0 and cand["cost"]["int8"]["size_mb"] > 0
+    assert 15 <= result["images"] < 30 and result["split"]["used"] == "train+val"  # test split unseen
+    assert result["baseline"]["description"].startswith("the same head on raw 32x32")
+    assert result["verdict"]["n"] == result["images"] and "interval" in result["verdict"]
+    rec = result["recommendation"]
+    assert rec["candidate"] in {c["id"] for c in result["candidates"]} and "--cut-layer" in rec["command"]
+    assert "recommended:" in run.stdout and "* on the accuracy/latency Pareto front" in run.stdout
+
+    slow = _graft("probe", str(probe_data), "--backbones", str(source_model), "--latency-ms", "0.00001",
+                  "-o", str(tmp_path / "never.json"), "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    assert slow.returncode == 2 and "no candidate meets the budget" in slow.stderr
+    assert "the fastest is source.keras@24/features" in slow.stderr and not (tmp_path / "never.json").exists()
+
+
+def test_probe_refuses_bad_input(tmp_path, source_model):
+    from models import make_dataset
+
+    few = make_dataset(tmp_path / "few", per_class=3)
+    run = _graft("probe", str(few), "--backbones", str(source_model), cwd=tmp_path)
+    assert run.returncode == 2 and "at least 5 images per class" in run.stderr
+
+    import keras
+
+    inputs = keras.Input((4, 4, 3), name="image")
+    flat = keras.layers.Reshape((16, 3), name="rows")(inputs)
+    keras.Model(inputs, keras.layers.Dense(2, name="out")(flat)).save(tmp_path / "nocut.keras")
+    data = make_dataset(tmp_path / "ok", per_class=10)
+    run = _graft("probe", str(data), "--backbones", str(tmp_path / "nocut.keras"), cwd=tmp_path)
+    assert run.returncode == 2 and "no usable cut" in run.stderr and "rows (None, 16, 3)" in run.stderr

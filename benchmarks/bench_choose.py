@@ -107,10 +107,8 @@ def truth(correct: dict, pick: str) -> dict:
 def run_task(name: str, root: Path, cache: Path) -> dict:
     from scipy.stats import kendalltau
 
-    from graft.builder.build import BuildOptions
     from graft.builder.probe import run_probe
     from graft.builder.probe_choice import recommend
-    from graft.cli.auto import build_auto
 
     data = TASKS[name](root / name)
     options = probe_options(cache)
@@ -128,10 +126,7 @@ def run_task(name: str, root: Path, cache: Path) -> dict:
     cands = {c["id"]: c for c in result["candidates"]}
     budget_pick = recommend(result["options"], cands, budget, None)
     fitting = {o["candidate"] for o in result["options"] if o["latency_ms"] <= budget}
-    manifest = build_auto(data, root / f"{name}-bundle", BuildOptions(progress=False, cache_dir=str(cache),
-                          overwrite=True, **SPLITS), {"latency_ms": budget, "size_mb": None},
-                          echo=lambda line: None, backbones=BACKBONES)
-    export = manifest["probe"]["export"]
+    export = build_pick(data, root / f"{name}-bundle", cache, result, budget_pick, budget)
     row = {"task": name, "images": result["images"], "test_images": real["n"], "classes": result["classes"],
            "candidates": len(ids), "kendall_tau": round(float(tau), 3), "tau_p_value": round(float(p_value), 4),
            "pick": pick, "pick_estimate": cands[pick]["estimate"], "pick_held_out": round(accuracy[pick], 4),
@@ -153,6 +148,25 @@ def run_task(name: str, root: Path, cache: Path) -> dict:
     return row
 
 
+def build_pick(data: Path, out: Path, cache: Path, result: dict, pick: dict, budget: float) -> dict:
+    """What `graft build --backbone auto --latency-ms BUDGET` does after its probe (the probe
+    already ran): build the pick, export it at its precision (verified), measure the file."""
+    from graft.builder.build import BuildOptions, build_bundle
+    from graft.cli.auto import export_for_budget
+    from graft.errors import CheckFailed
+
+    options = BuildOptions(backbone=pick["backbone"], image_size=pick["image_size"], progress=False,
+                           cut_layer=None if pick["cut_layer"] == "top" else pick["cut_layer"],
+                           cache_dir=str(cache), overwrite=True, **SPLITS)
+    build_bundle(data, out, options, probe={**result, "recommendation": pick})
+    try:
+        return export_for_budget(out, pick, {"latency_ms": budget, "size_mb": None}, None, lambda line: None)
+    except CheckFailed:
+        from graft import bundle
+
+        return bundle.read_manifest(out)["probe"]["export"]
+
+
 def time_goal(root: Path, cache: Path, images: int, small_task: str) -> dict:
     """The probe on ``images`` photo tiles against `graft build` of every candidate.
 
@@ -164,8 +178,7 @@ def time_goal(root: Path, cache: Path, images: int, small_task: str) -> dict:
     from graft.builder.build import BuildOptions, build_bundle
     from graft.builder.probe import run_probe
 
-    data = write_tiles(root / "time", images)
-    run_probe(data, probe_options(cache))                       # first conversions: not timed
+    data = write_tiles(root / "time", images)   # the tasks converted the same families already
     cold_cache = root / "cold-cache"
     for part in ("weights", "onnx"):
         shutil.copytree(cache / part, cold_cache / part, dirs_exist_ok=True)

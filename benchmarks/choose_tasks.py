@@ -101,5 +101,5 @@ def write_tiles(root: Path, count: int) -> Path:
     return root
 
 
-TASKS = {"surfaces_tiny": surfaces_tiny, "photo_source": photo_source, "lfw_faces": lfw_faces,
-         "orientation": orientation, "exposure": exposure}
+TASKS = {"exposure": exposure, "surfaces_tiny": surfaces_tiny, "photo_source": photo_source,
+         "lfw_faces": lfw_faces, "orientation": orientation}

@@ -28,7 +28,8 @@ from graft.builder import probe_cost as cost
 from graft.builder import probe_features as pf
 from graft.builder import probe_scores as scores
 from graft.builder.backbones import is_source_model
-from graft.builder.backbones.cuts import TOP, probe_cuts
+from graft.builder.backbones.cuts import TOP
+from graft.builder.backbones.efficientnet_lite import probe_cuts
 from graft.builder.backbones.registry import OFFLINE, REGISTRY
 from graft.builder.probe_cache import seed_build_cache
 from graft.builder.extraction import ExtractOptions, extract_features
@@ -46,7 +47,7 @@ CALIBRATION = 16          # images that calibrate each candidate's int8 quantiza
 class ProbeOptions:
     backbones: list[str] = field(default_factory=lambda: list(OFFLINE))
     image_sizes: list[int] | None = None     # None: each backbone's native size and SMALL_SIZE
-    cut_layers: list[str] | None = None      # None: auto (cuts.probe_cuts; a source model's default)
+    cut_layers: list[str] | None = None      # None: auto (efficientnet_lite.probe_cuts; a source model's default)
     precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
     latency_ms: float | None = None
     size_mb: float | None = None

@@ -60,7 +60,7 @@ def _lite_family(family: Family, cache_dir: Path) -> Backbone:
     from graft.builder.backbones.lite_weights import layout
 
     for cut in family.cuts:
-        cutmod.check_cut(family.backbone, cut)
+        lite.check_cut(family.backbone, cut)
     base = lite.build_model(family.backbone, family.image_size, include_top=False, cache_dir=cache_dir)
     model = cutmod.features_model(base, family.cuts, f"{family.backbone}_cuts")
     family.dims = [int(model.get_layer(f"pool_{cut}").output.shape[-1]) for cut in family.cuts]

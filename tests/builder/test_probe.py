@@ -95,7 +95,8 @@ def test_verdict_needs_an_interval_above_zero():
 
 
 def test_named_cut_layers_of_efficientnet_lite():
-    from graft.builder.backbones import cuts, load_backbone
+    from graft.builder.backbones import efficientnet_lite as cuts
+    from graft.builder.backbones import load_backbone
 
     assert cuts.stage_ends("efficientnet_lite0") == ["block1a", "block2b", "block3b", "block4c", "block5c",
                                                      "block6d", "block7a", "top"]
@@ -165,6 +166,9 @@ def test_build_backbone_auto_on_real_weights(tmp_path):
 
     data = tmp_path / "tiles"
     write_dataset(data)
+    for folder in data.iterdir():  # 16 tiles per surface is enough here, and quicker
+        for extra in sorted(folder.glob("*.png"))[16:]:
+            extra.unlink()
     out = tmp_path / "bundle"
     run = _graft("build", str(data), "-o", str(out), "--backbone", "auto", "--probe-backbones",
                  "efficientnet_lite0", "--image-size", "64", "--size-mb", "2", "--epochs", "5",
@@ -185,3 +189,19 @@ def test_build_backbone_auto_on_real_weights(tmp_path):
     row = next(r for r in manifest["exports"] if r["path"] == export["path"])
     assert row["status"] == "ok"
     assert "recommended:" in run.stdout and "budget check:" in run.stdout
+
+
+def test_report_shows_the_probe():
+    from graft.report.probe import probe_section
+
+    cands = _cands()
+    table = choice.pareto(choice.options_of(cands))
+    probe = {"candidates": cands, "options": table, "images": 100, "pinned": ["image_size = 128"],
+             "budget": {"latency_ms": 4.0, "size_mb": None},
+             "recommendation": choice.recommend(table, {c["id"]: c for c in cands}, 4.0, None),
+             "verdict": {"text": "transfer helps: <b>x</b>"},
+             "baseline": {"description": "the same head on raw 32x32 pixels", "estimate": 0.5,
+                          "knn": {"accuracy": 0.4}}}
+    html = probe_section(probe)
+    assert 'id="probe-table"' in html and html.count("<tr>") == 6 + 1 + len(table) + 1  # facts, header, options, baseline
+    assert "small int8" in html and "image_size = 128" in html and "&lt;b&gt;" in html

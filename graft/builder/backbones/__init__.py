@@ -54,7 +54,7 @@ def load_backbone(name: str, weights: str | None = None, image_size: int | None 
             or None (its own weights) for a source model.
         image_size: square input size (default: the backbone's native size).
         cut_layer: the layer of a source model whose output becomes the features, or the
-            block end of an EfficientNet-Lite backbone (``cuts.cut_names``; default ``top``).
+            block end of an EfficientNet-Lite backbone (``efficientnet_lite.cut_names``; default ``top``).
         cache_dir: the graft cache, where converted weights are kept.
 
     Returns:

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from graft.builder.backbones import lite_weights
+from graft.builder.backbones.cuts import TOP
 from graft.bundle import sha256_file
 from graft.errors import BackboneError, WeightsError
 
@@ -70,6 +71,36 @@ def block_specs(name: str) -> list[dict]:
                           "in": channels, "out": out})
             channels = out
     return specs
+
+
+# Named cut layers (block ends): see cuts.py. ---------------------------------------
+
+def cut_names(name: str) -> list[str]:
+    """Every cut a Lite variant accepts, bottom to top."""
+    return [spec["name"] for spec in block_specs(name)] + [TOP]
+
+
+def stage_ends(name: str) -> list[str]:
+    """The last block of each stage (block1a, block2b, ... for Lite0), then ``top``."""
+    blocks = cut_names(name)[:-1]
+    ends = [b for b, nxt in zip(blocks, blocks[1:] + [""]) if b[5] != nxt[5:6]]
+    return ends + [TOP]
+
+
+def probe_cuts(name: str) -> list[str]:
+    """The cuts `graft probe` tries by default: the ends of stages 5 and 6 (mid-level and
+    late features, cheaper than the top) and the top."""
+    return stage_ends(name)[4:6] + [TOP]
+
+
+def check_cut(name: str, cut: str) -> str:
+    """``cut`` when ``name`` has it; else a BackboneError listing the names it has."""
+    allowed = cut_names(name)
+    if cut not in allowed:
+        raise BackboneError(f"{name} has no cut layer {cut!r}; allowed: block ends "
+                            f"{', '.join(allowed[:-1])}, or {TOP} (the default); the ends of "
+                            f"its stages are {', '.join(stage_ends(name))}")
+    return cut
 
 
 def _classifier(name: str, size: int):
@@ -177,12 +208,12 @@ def build(name: str, spec, weights: str, image_size: int | None, cache_dir=None,
 
     Called as ``builder(name, spec, weights, image_size, cache_dir) -> Backbone``;
     ``name`` is a key of :data:`VARIANTS` (``spec`` adds nothing the variant lacks).
-    ``cut_layer`` names a block end (``cuts.cut_names``); None or ``top``: the full backbone.
+    ``cut_layer`` names a block end (``cut_names``); None or ``top``: the full backbone.
     """
     from graft.builder.backbones import Backbone, cuts
     from graft.builder.backbones.weights import weights_sha256
 
-    cut_layer = None if cut_layer in (None, cuts.TOP) else cuts.check_cut(name, cut_layer)
+    cut_layer = None if cut_layer in (None, TOP) else check_cut(name, cut_layer)
     model = build_model(name, image_size, include_top=False, weights=weights, cache_dir=cache_dir)
     if cut_layer:
         model = cuts.features_model(model, [cut_layer], f"{name}_{cut_layer}_features")

@@ -29,6 +29,7 @@ the smallest task.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_results  # noqa: E402
+from common import RESULTS, write_results  # noqa: E402
 from choose_tasks import TASKS, write_tiles  # noqa: E402
 
 BACKBONES = ["efficientnet_lite0", "efficientnet_lite2"]
@@ -206,22 +207,31 @@ def time_goal(root: Path, cache: Path, images: int, small_task: str) -> dict:
             "build_all_over_probe": round(build_all / probe_small["seconds"]["total"], 2)}
 
 
+def summary(rows: list[dict]) -> dict:
+    return {"tasks": len(rows), "regret_within_2_points": sum(r["regret_points"] <= 2 for r in rows),
+            "verdict_right": sum(r["verdict_right"] for r in rows),
+            "budget_met": sum(r["export"]["meets_budget"] for r in rows),
+            "median_kendall_tau": float(np.median([r["kendall_tau"] for r in rows]))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--time-images", type=int, default=500)
     parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--time-only", action="store_true", help="only the time goal; add it to the "
+                        "results file of an earlier run (run with --tasks '')")
     args = parser.parse_args()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="graft-bench-choose-"))
     cache = root / "cache"
-    rows = [run_task(name, root, cache) for name in args.tasks.split(",")]
-    results = {"tasks": rows, "backbones": BACKBONES, "splits": SPLITS,
-               "summary": {"tasks": len(rows),
-                           "regret_within_2_points": sum(r["regret_points"] <= 2 for r in rows),
-                           "verdict_right": sum(r["verdict_right"] for r in rows),
-                           "budget_met": sum(r["export"]["meets_budget"] for r in rows),
-                           "median_kendall_tau": float(np.median([r["kendall_tau"] for r in rows]))}}
+    rows, results = [], {}
+    for name in [t for t in args.tasks.split(",") if t]:
+        rows.append(run_task(name, root, cache))
+        results = {"tasks": rows, "backbones": BACKBONES, "splits": SPLITS, "summary": summary(rows)}
+        write_results("bench_choose", results)   # after every task: a long run keeps what it measured
+    if args.time_only:
+        results = json.loads((RESULTS / "bench_choose.json").read_text())
     if not args.skip_time:
         results["time"] = time_goal(root, cache, args.time_images, "exposure")
         t = results["time"]
@@ -229,8 +239,9 @@ def main() -> None:
               f"{t['probe_seconds_features_computed']} s (features computed), "
               f"{t['probe_seconds_features_cached']} s (cached); building every candidate of the "
               f"{t['small_task']} task took {t['build_all_over_probe']}x its probe")
-    print(results["summary"])
-    write_results("bench_choose", results)
+    print(results.get("summary"))
+    write_results("bench_choose", {k: v for k, v in results.items()
+                                   if k not in ("benchmark", "measured", "machine")})
 
 
 if __name__ == "__main__":

@@ -64,12 +64,10 @@ class ProbeOptions:
 
     def check(self) -> "ProbeOptions":
         for name in self.backbones:
-            if not is_source_model(name) and name not in REGISTRY:
-                raise GraftError(f"--backbones: unknown backbone {name!r}; allowed: "
-                                 f"{', '.join(OFFLINE)} (offline), {', '.join(set(REGISTRY) - set(OFFLINE))}, "
+            if not is_source_model(name) and (name not in REGISTRY or not REGISTRY[name].named_cuts):
+                raise GraftError(f"--backbones: graft probe tries backbones with named cut layers and "
+                                 f".keras source models; received {name!r}; allowed: {', '.join(OFFLINE)}, "
                                  "or the path of a saved .keras model")
-            if not is_source_model(name) and not REGISTRY[name].named_cuts and self.cut_layers:
-                raise GraftError(f"--cut-layers applies to EfficientNet-Lite and .keras sources, not {name!r}")
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise GraftError(f"--precision {','.join(bad) or '(none)'}: allowed: {', '.join(PRECISIONS)}")

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from graft import bundle
-from graft.errors import CheckFailed
+from graft.errors import CheckFailed, GraftError
 
 PRECISION_ORDER = ("float32", "int8")  # when the chosen precision's real export misses, try the next
 
@@ -33,6 +33,9 @@ def build_auto(data, out, options, budget: dict, echo, backbones: list[str] | No
     from graft.builder.probe import run_probe
     from graft.cli.probe import print_probe
 
+    if options.weights not in (None, "imagenet"):
+        raise GraftError(f"--backbone auto probes backbones with their ImageNet weights; --weights "
+                         f"{options.weights} applies to a named --backbone")
     check_output(Path(out), options.overwrite)  # before minutes of probing
     result = run_probe(data, probe_for_build(options, budget, backbones))
     print_probe(result, echo)

@@ -59,7 +59,8 @@ def probe_options(func):
               help="Held out as `graft build` holds it out: never scored by the probe.")
 @click.option("--resize", type=click.Choice(["stretch", "crop"]), default="stretch", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True,
+@click.option("--device", type=click.Choice(["cpu", "cuda", "tensorrt", "openvino", "auto"]), default="cpu",
+              show_default=True,
               help="Where latency is measured.")
 @click.option("--model-threads", type=click.IntRange(1, 256), default=None,
               help="onnxruntime threads for extraction and timing (default: onnxruntime's choice).")

@@ -187,16 +187,18 @@ def time_goal(root: Path, cache: Path, images: int, small_task: str) -> dict:
     cold_result = run_probe(data, probe_options(cold_cache))
     cold = time.perf_counter() - started
     started = time.perf_counter()
-    run_probe(data, probe_options(cache))
+    run_probe(data, probe_options(cold_cache))   # the same probe again: features cached now
     warm = time.perf_counter() - started
     small = TASKS[small_task](root / f"{small_task}-all")
     probe_small = run_probe(small, probe_options(cache))
+    build_cache = root / "build-all-cache"   # converted weights only: builds extract for themselves
+    shutil.copytree(cache / "weights", build_cache / "weights", dirs_exist_ok=True)
     started = time.perf_counter()
     for cand in probe_small["candidates"]:
         cut = None if cand["cut_layer"] == "top" else cand["cut_layer"]
         build_bundle(small, root / "all" / cand["id"].replace("/", "_"),
                      BuildOptions(backbone=cand["backbone"], image_size=cand["image_size"], cut_layer=cut,
-                                  progress=False, cache_dir=str(root / "build-all-cache"), **SPLITS))
+                                  progress=False, cache_dir=str(build_cache), **SPLITS))
     build_all = time.perf_counter() - started
     return {"images": cold_result["images"], "images_extracted": images,
             "candidates": len(cold_result["candidates"]),
@@ -214,15 +216,36 @@ def summary(rows: list[dict]) -> dict:
             "median_kendall_tau": float(np.median([r["kendall_tau"] for r in rows]))}
 
 
+def markdown(results: dict) -> str:
+    """The docs' table, from a results file."""
+    lines = ["| task | images (scored / test) | Kendall tau (n=12) | pick | pick held-out | best held-out "
+             "| regret | baseline held-out | verdict / truth | budget | export measured |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["tasks"]:
+        v, t, e = r["verdict"], r["truth"], r["export"]
+        lines.append(
+            f"| {r['task']} | {r['images']} / {r['test_images']} | {r['kendall_tau']:+.2f} (p {r['tau_p_value']:.2f}) "
+            f"| {r['pick']} | {r['pick_held_out']:.1%} | {r['best_held_out']:.1%} | {r['regret_points']} pts "
+            f"| {r['baseline_held_out']:.1%} | {'helps' if v['transfer_helps'] else 'no'} / "
+            f"{'helps' if t['helps'] else 'no'} ({'right' if r['verdict_right'] else 'wrong'}) "
+            f"| {r['budget_ms']} ms: {r['budget_pick']} | {e['latency_ms']:.2f} ms "
+            f"{'meets' if e['meets_budget'] else 'misses'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--time-images", type=int, default=500)
     parser.add_argument("--skip-time", action="store_true")
-    parser.add_argument("--time-only", action="store_true", help="only the time goal; add it to the "
-                        "results file of an earlier run (run with --tasks '')")
+    parser.add_argument("--table", action="store_true", help="print the docs' table from the results file")
+    parser.add_argument("--time-only", action="store_true", help="only the time goal, written to "
+                        "results/bench_choose_time.json (needs a --workdir whose cache holds the converted models)")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads((RESULTS / "bench_choose.json").read_text())))
+        return
     root = Path(args.workdir or tempfile.mkdtemp(prefix="graft-bench-choose-"))
     cache = root / "cache"
     rows, results = [], {}
@@ -230,8 +253,10 @@ def main() -> None:
         rows.append(run_task(name, root, cache))
         results = {"tasks": rows, "backbones": BACKBONES, "splits": SPLITS, "summary": summary(rows)}
         write_results("bench_choose", results)   # after every task: a long run keeps what it measured
-    if args.time_only:
-        results = json.loads((RESULTS / "bench_choose.json").read_text())
+    if args.time_only:   # its own file: the tasks may still be writing theirs
+        results = {"time": time_goal(root, cache, args.time_images, "exposure")}
+        write_results("bench_choose_time", results)
+        return
     if not args.skip_time:
         results["time"] = time_goal(root, cache, args.time_images, "exposure")
         t = results["time"]

@@ -43,13 +43,15 @@ from common import RESULTS, write_results  # noqa: E402
 from choose_tasks import TASKS, write_tiles  # noqa: E402
 
 BACKBONES = ["efficientnet_lite0", "efficientnet_lite2"]
+SIZES = None   # None: each backbone's native size and 128 (--sizes)
 SPLITS = {"val_split": 0.15, "test_split": 0.35}
 
 
 def probe_options(cache: Path, **extra):
     from graft.builder.probe import ProbeOptions
 
-    return ProbeOptions(backbones=BACKBONES, cache_dir=str(cache), progress=False, **SPLITS, **extra)
+    return ProbeOptions(backbones=BACKBONES, image_sizes=SIZES, cache_dir=str(cache), progress=False,
+                        **SPLITS, **extra)
 
 
 def held_out(data: Path, result: dict, options) -> tuple[dict, float, dict]:
@@ -138,7 +140,8 @@ def run_task(name: str, root: Path, cache: Path) -> dict:
            "verdict_right": result["verdict"]["transfer_helps"] == real["helps"],
            "budget_ms": budget, "budget_pick": f"{budget_pick['candidate']} {budget_pick['precision']}",
            "budget_pick_regret_points": round(100 * (max(accuracy[c] for c in fitting) - accuracy[budget_pick["candidate"]]), 1),
-           "export": {k: export[k] for k in ("path", "precision", "latency_ms", "size_mb", "meets_budget")},
+           "export": {k: export.get(k) for k in ("path", "precision", "latency_ms", "size_mb", "meets_budget",
+                                                  "verified", "check_failed")},
            "probe_seconds": round(probe_seconds, 1),
            "held_out": {i: round(accuracy[i], 4) for i in ids}, "estimates": dict(zip(ids, estimates))}
     print(f"{name}: tau {row['kendall_tau']:+.2f} (n={len(ids)}), pick {pick} held-out "
@@ -162,7 +165,7 @@ def build_pick(data: Path, out: Path, cache: Path, result: dict, pick: dict, bud
     build_bundle(data, out, options, probe={**result, "recommendation": pick})
     try:
         return export_for_budget(out, pick, {"latency_ms": budget, "size_mb": None}, None, lambda line: None)
-    except CheckFailed:
+    except CheckFailed:  # recorded in graft.json: the export missed the budget or failed its check
         from graft import bundle
 
         return bundle.read_manifest(out)["probe"]["export"]
@@ -218,7 +221,7 @@ def summary(rows: list[dict]) -> dict:
 
 def markdown(results: dict) -> str:
     """The docs' table, from a results file."""
-    lines = ["| task | images (scored / test) | Kendall tau (n=12) | pick | pick held-out | best held-out "
+    lines = ["| task | images (scored / test) | Kendall tau | pick | pick held-out | best held-out "
              "| regret | baseline held-out | verdict / truth | budget | export measured |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["tasks"]:
@@ -229,7 +232,7 @@ def markdown(results: dict) -> str:
             f"| {r['baseline_held_out']:.1%} | {'helps' if v['transfer_helps'] else 'no'} / "
             f"{'helps' if t['helps'] else 'no'} ({'right' if r['verdict_right'] else 'wrong'}) "
             f"| {r['budget_ms']} ms: {r['budget_pick']} | {e['latency_ms']:.2f} ms "
-            f"{'meets' if e['meets_budget'] else 'misses'} |")
+            f"{'meets' if e['meets_budget'] else 'misses'}{'' if e.get('verified', True) else ' (int8 failed its check)'} |")
     return "\n".join(lines)
 
 
@@ -239,10 +242,13 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--time-images", type=int, default=500)
     parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--sizes", default=None, help="comma-separated resolutions (default: native and 128)")
     parser.add_argument("--table", action="store_true", help="print the docs' table from the results file")
     parser.add_argument("--time-only", action="store_true", help="only the time goal, written to "
                         "results/bench_choose_time.json (needs a --workdir whose cache holds the converted models)")
     args = parser.parse_args()
+    global SIZES
+    SIZES = [int(v) for v in args.sizes.split(",")] if args.sizes else None
     if args.table:
         print(markdown(json.loads((RESULTS / "bench_choose.json").read_text())))
         return
@@ -251,7 +257,8 @@ def main() -> None:
     rows, results = [], {}
     for name in [t for t in args.tasks.split(",") if t]:
         rows.append(run_task(name, root, cache))
-        results = {"tasks": rows, "backbones": BACKBONES, "splits": SPLITS, "summary": summary(rows)}
+        results = {"tasks": rows, "backbones": BACKBONES, "image_sizes": SIZES or "native and 128",
+                   "splits": SPLITS, "summary": summary(rows)}
         write_results("bench_choose", results)   # after every task: a long run keeps what it measured
     if args.time_only:   # its own file: the tasks may still be writing theirs
         results = {"time": time_goal(root, cache, args.time_images, "exposure")}

@@ -41,9 +41,10 @@ COPY graft ./graft
 # pip stays, so a site can add packages to this image
 RUN /opt/graft/bin/pip install --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir . \
     && rm -rf /src
-# Caches in /tmp, so any --user can write them; mount a volume there to keep them between runs.
+# HOME and caches in /tmp, so any --user can write them; mount a volume on /tmp/graft-cache
+# to keep converted weights and features between runs.
 ENV PATH=/opt/graft/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    GRAFT_CACHE=/tmp/graft-cache KERAS_HOME=/tmp/keras MPLCONFIGDIR=/tmp/matplotlib
+    HOME=/tmp GRAFT_CACHE=/tmp/graft-cache KERAS_HOME=/tmp/keras MPLCONFIGDIR=/tmp/matplotlib
 USER graft
 WORKDIR /tmp
 # Labels last: REVISION changes with every commit and would otherwise rebuild the layers above.

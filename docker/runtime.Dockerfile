@@ -37,8 +37,9 @@ FROM python
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin graft
 COPY --from=build /opt/graft /opt/graft
+# HOME in /tmp: any --user can write there (onnxruntime keeps a session file in it).
 ENV PATH=/opt/graft/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    GRAFT_CACHE=/tmp/graft-cache
+    HOME=/tmp GRAFT_CACHE=/tmp/graft-cache
 USER graft
 WORKDIR /tmp
 EXPOSE 8000

@@ -48,8 +48,8 @@ pick_engine() {
 has_image() { "$ENGINE" image inspect "$1" >/dev/null 2>&1; }
 
 try_pull() {
-    say "pulling $1 (60 s at most)"
-    timeout 60 "$ENGINE" pull -q "$1" >/dev/null 2>&1
+    say "pulling $1 (30 s at most)"
+    timeout 30 "$ENGINE" pull -q "$1" >/dev/null 2>&1
 }
 
 debian_mirror() {
@@ -94,9 +94,12 @@ make_debian_base() {
 resolve_base() {
     local default="$1"
     if [ -n "$BASE" ]; then echo "$BASE"; return; fi
-    if has_image "$default"; then echo "$default"; return; fi
-    if ! has_image "$MADE_BASE" && try_pull "$default"; then echo "$default"; return; fi
-    has_image "$MADE_BASE" || make_debian_base
+    if has_image "$default" || try_pull "$default"; then echo "$default"; return; fi
+    if has_image "$MADE_BASE"; then
+        say "$default is not here and no registry answers: using $MADE_BASE, made earlier"
+    else
+        make_debian_base
+    fi
     echo "$MADE_BASE"
 }
 
@@ -144,8 +147,9 @@ build_one() {
     default=$(sed -n 's/^ARG BASE=//p' "$dockerfile" | head -n 1)
     base=$(resolve_base "$default")
     if [ "$name" = runtime-gpu ] && [ "$base" = "$MADE_BASE" ]; then
-        say "runtime-gpu: its CUDA base ($default) is not reachable; building its steps on $base" \
-            "(no CUDA libraries: onnxruntime-gpu there runs on the CPU only)"
+        say "runtime-gpu: its CUDA base is not reachable, so this builds its steps on $base," \
+            "which has no CUDA libraries (onnxruntime-gpu there runs on the CPU only); pass --base" \
+            "with a CUDA 13 + cuDNN 9 image to build the real one"
     fi
     tag="${TAG:-graft-$name}"
     local args=(build -f "$dockerfile" -t "$tag:$VERSION" -t "$tag:latest"

@@ -1,11 +1,13 @@
 # syntax=docker/dockerfile:1
-# graft runtime on NVIDIA GPUs: onnxruntime-gpu (CUDA 12, cuDNN 9) in place of the CPU onnxruntime.
+# graft runtime on NVIDIA GPUs: onnxruntime-gpu in place of the CPU onnxruntime. PyPI's
+# onnxruntime-gpu (1.31) is built for CUDA 13 and cuDNN 9, so the base is CUDA 13 with cuDNN.
 #   docker/build.sh runtime-gpu                                     (docker or podman)
 #   docker run --rm --gpus all -p 8000:8000 -v "$PWD/bundle:/model:ro" graft-runtime-gpu \
 #       serve /model --host 0.0.0.0 --device cuda
 # The CUDA base must come from a registry (or a site's copy of it: --base); where none answers,
-# docker/build.sh builds these steps on its Debian base, which has no CUDA libraries.
-ARG BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+# docker/build.sh builds these steps on its Debian base, which has no CUDA libraries (there,
+# onnxruntime-gpu says it needs libcublasLt.so.13 and runs on the CPU).
+ARG BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 # Python 3 with venv: python images have it; the CUDA (Ubuntu) and plain Debian bases get it from apt.
 FROM ${BASE} AS python

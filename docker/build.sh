@@ -117,7 +117,7 @@ prepare_pip() {
     done
     : > "$SECRETS/pip.conf"
     echo "[global]" >> "$SECRETS/pip.conf"
-    local key value word path kept
+    local key value word path kept PASSED=""
     for key in index-url extra-index-url find-links trusted-host timeout default-timeout constraint; do
         value=$(pip_setting "$key")
         kept=""
@@ -131,8 +131,9 @@ prepare_pip() {
             fi
             kept="$kept $word"
         done
-        [ -z "$kept" ] || echo "$key =$kept" >> "$SECRETS/pip.conf"
+        [ -z "$kept" ] || { echo "$key =$kept" >> "$SECRETS/pip.conf"; PASSED="$PASSED $key"; }
     done
+    say "pip settings passed to the build:${PASSED:- none} (and ${#MOUNTS[@]} local path(s) lent read-only)"
     local ca
     ca="${PIP_CERT:-$(pip_setting cert)}"
     for candidate in "$ca" "${REQUESTS_CA_BUNDLE:-}" "${SSL_CERT_FILE:-}" /etc/ssl/certs/ca-certificates.crt; do

@@ -88,10 +88,12 @@ def test_runtime_image_serves_the_bundle_to_a_stock_client(bundle, photos):
         output = metadata["outputs"][0]["name"]
         labels = client.infer(model, inputs, outputs=[
             httpclient.InferRequestedOutput(output, class_count=1)]).as_numpy(output)
-        predicted = [value.decode().split(":")[2] for value in labels[:, 0]]
-        truth = [row["label"] for row in tests]
-        correct = sum(p == t for p, t in zip(predicted, truth))
-        assert correct >= len(truth) - 1, f"{correct} of {len(truth)}: {list(zip(predicted, truth))}"
+        served = [value.decode().split(":")[2] for value in labels[:, 0]]
+        # the ONNX file served in the container answers as the Keras model did in the builder ...
+        assert served == [row["predicted"] for row in tests]
+        # ... and names the photos' classes (held-out tiles; at most one of them wrong)
+        wrong = [(s, row["label"]) for s, row in zip(served, tests) if s != row["label"]]
+        assert len(wrong) <= 1, f"{len(wrong)} of {len(tests)} wrong: {wrong}"
         client.close()
         health = ce.command("healthcheck", "run", server.name, check=False)
         assert health.returncode == 0, health.stdout + health.stderr
@@ -101,12 +103,13 @@ def test_runtime_image_serves_the_bundle_to_a_stock_client(bundle, photos):
 
 
 def test_runtime_image_predicts_with_litert(bundle, photos):
-    row = held_out(bundle)[0]
+    row = max(held_out(bundle), key=lambda r: r["score"])  # the surest tile: int8 may flip a close one
     done = ce.run("runtime", "predict", "/model", f"/photos/{row['path']}", "--artifact", "tflite:int8",
-                  "--top-k", "1",
-                  volumes={bundle: "/model:ro", photos: "/photos:ro"})
+                  "--top-k", "1", volumes={bundle: "/model:ro", photos: "/photos:ro"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert row["label"] in done.stdout
+    # "PATH<TAB>LABEL SCORE": the path holds the class name too, so read the column
+    line = next(line for line in done.stdout.splitlines() if line.startswith("/photos/"))
+    assert line.split("\t")[1].split()[0] == row["predicted"]
 
 
 def test_runtime_image_has_no_tensorflow_and_runs_as_a_user():

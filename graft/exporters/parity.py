@@ -214,7 +214,7 @@ def measure(reference: np.ndarray, candidate: np.ndarray, images: CheckImages) -
         raise ExportError(f"output shapes differ: reference {reference.shape}, export {candidate.shape}")
     ours, theirs = reference.argmax(1), candidate.argmax(1)
     n, agree = len(reference), int((ours == theirs).sum())
-    result = {"top1_agreement": agree / n if n else 1.0, "agreement_interval": list(stats.wilson(agree, n)),
+    result = {"images": n, "top1_agreement": agree / n if n else 1.0, "agreement_interval": list(stats.wilson(agree, n)),
               "max_abs_diff": float(np.abs(reference - candidate).max()) if n else 0.0}
     test = images.held & (images.y != UNLABELED)
     y = images.y[test]

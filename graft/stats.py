@@ -91,8 +91,7 @@ def accuracy_text(result: dict) -> str:
     if n is None:  # a result recorded before intervals were kept
         return f"{result['accuracy']:.2%} (keras {result['keras_accuracy']:.2%})"
     if n < SMALL_N:
-        return (f"not judged: {n} held-out image{'s' if n != 1 else ''} are too few to tell accuracy "
-                f"(at least {SMALL_N} needed); agreement on all images carries the verdict")
+        return f"not judged (n={n} held-out images, too few: {SMALL_N} needed)"
     low, high = result["accuracy_interval"]
     d_low, d_high = result["drop_interval"]
     return (f"{result['accuracy']:.2%} (n={n}, {interval_text(low, high)}), drop from Keras "

@@ -73,7 +73,9 @@ def _phi(a: int, b: int, c: int, d: int) -> float:
 
 
 def interval_text(low: float, high: float, scale: float = 100.0, unit: str = "%", digits: int = 1) -> str:
-    """'95% CI 83.9-100.0%' style text."""
+    """'95% CI 83.9–100.0%', or '95% CI -8.57 to +8.57 pt' when a bound is negative."""
+    if low < 0:
+        return f"95% CI {low * scale:+.{digits}f} to {high * scale:+.{digits}f}{unit}"
     return f"95% CI {low * scale:.{digits}f}–{high * scale:.{digits}f}{unit}"
 
 

@@ -80,6 +80,8 @@ def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
     if dtype.kind == "f":
         return np.ascontiguousarray(values, dtype=dtype)
     scale, zero_point = detail["quantization"]
+    if values.dtype == dtype and scale in (0.0, 1.0) and zero_point == 0:
+        return np.ascontiguousarray(values)  # uint8 pixels into a uint8 input of scale 1: as they are
     scaled = values.astype(np.float32)
     if scale:
         scaled = np.rint(scaled / scale) + zero_point

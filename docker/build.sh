@@ -104,16 +104,18 @@ resolve_base() {
 }
 
 pip_setting() {  # $1: pip option name; the environment wins over pip's config files, as in pip
-    local env="PIP_$(echo "$1" | tr 'a-z-' 'A-Z_')"
+    local env line
+    env="PIP_$(echo "$1" | tr 'a-z-' 'A-Z_')"
     if [ -n "${!env:-}" ]; then echo "${!env}"; return; fi
-    [ -n "$PIP" ] && $PIP config get "global.$1" 2>/dev/null || true
+    line=$(grep -E "^(global|install)\.$1=" <<< "$PIP_CONFIG" | tail -n 1 || true)
+    line="${line#*=}"; line="${line#\'}"; echo "${line%\'}"
 }
 
 # Writes the build secrets (pip.conf, ca.pem) into $SECRETS; fills MOUNTS with local folders to lend.
 prepare_pip() {
-    PIP=""
+    PIP_CONFIG=""  # what `pip config list` says: global.KEY='VALUE', one a line
     for candidate in "python3 -m pip" "pip3" "pip"; do
-        if $candidate --version >/dev/null 2>&1; then PIP="$candidate"; break; fi
+        if $candidate --version >/dev/null 2>&1; then PIP_CONFIG=$($candidate config list 2>/dev/null || true); break; fi
     done
     : > "$SECRETS/pip.conf"
     echo "[global]" >> "$SECRETS/pip.conf"
@@ -133,7 +135,7 @@ prepare_pip() {
         done
         [ -z "$kept" ] || { echo "$key =$kept" >> "$SECRETS/pip.conf"; PASSED="$PASSED $key"; }
     done
-    say "pip settings passed to the build:${PASSED:- none} (and ${#MOUNTS[@]} local path(s) lent read-only)"
+    say "pip settings passed to the build:${PASSED:- none} (and $((${#MOUNTS[@]} / 2)) local path(s) lent read-only)"
     local ca
     ca="${PIP_CERT:-$(pip_setting cert)}"
     for candidate in "$ca" "${REQUESTS_CA_BUNDLE:-}" "${SSL_CERT_FILE:-}" /etc/ssl/certs/ca-certificates.crt; do

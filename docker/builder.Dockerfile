@@ -36,10 +36,10 @@ RUN --mount=type=secret,id=pipconf --mount=type=secret,id=ca \
     && find /opt/graft/lib -depth -type d -name tests \
        \( -path '*/numpy/*' -o -path '*/scipy/*' -o -path '*/skimage/*' -o -path '*/matplotlib/*' \
           -o -path '*/networkx/*' -o -path '*/sympy/*' \) -exec rm -rf {} +
-COPY README.md ./
 COPY graft ./graft
-# pip stays, so a site can add packages to this image
-RUN /opt/graft/bin/pip install --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir . \
+# pyproject.toml names README.md as the long description; an empty one keeps README edits from
+# rebuilding this layer. pip stays, so a site can add packages to this image.
+RUN touch README.md && /opt/graft/bin/pip install --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir . \
     && rm -rf /src
 # HOME and caches in /tmp, so any --user can write them; mount a volume on /tmp/graft-cache
 # to keep converted weights and features between runs.

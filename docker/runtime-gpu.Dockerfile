@@ -28,9 +28,10 @@ RUN --mount=type=secret,id=pipconf --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
     python3 requirements.py "$EXTRAS" --swap onnxruntime=onnxruntime-gpu --build-system > requirements.txt \
     && /opt/graft/bin/pip install --disable-pip-version-check -r requirements.txt
-COPY README.md ./
 COPY graft ./graft
-RUN /opt/graft/bin/pip install --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir . \
+# pyproject.toml names README.md as the long description; an empty one keeps README edits from
+# rebuilding this layer.
+RUN touch README.md && /opt/graft/bin/pip install --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir . \
     && /opt/graft/bin/python -c "import sys, graft.runtime.server; assert 'tensorflow' not in sys.modules" \
     && /opt/graft/bin/python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()" \
     && /opt/graft/bin/pip uninstall -y -q pip setuptools \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ MADE_BASE = "localhost/graft-base:bookworm"  # what docker/build.sh makes where 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
+@functools.cache
 def engine() -> str | None:
     """docker when its daemon answers, else podman when installed, else None."""
     if os.environ.get("GRAFT_ENGINE"):

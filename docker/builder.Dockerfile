@@ -4,7 +4,7 @@
 #   docker run --rm --network host -v "$PWD/photos:/data:ro" -v "$PWD/out:/out" graft-builder \
 #       build /data -o /out/bundle
 #   docker run --rm --network host -v "$PWD/photos:/data:ro" -v "$PWD/out:/out" graft-builder \
-#       export /out/bundle --format tflite --precision int8
+#       export /out/bundle --format tflite --precision int8      (the data again: exports are checked)
 # It runs as user 10001; give it a writable output folder, or add --user "$(id -u):$(id -g)".
 # TensorFlow is the CPU-only wheel; --build-arg TENSORFLOW=tensorflow takes the full one.
 ARG BASE=python:3.11-slim

@@ -155,6 +155,19 @@ class RayCluster:
                 return pid
         raise LookupError(f"no raylet for {node}")
 
+    def actor_on(self, node: Path, name: str) -> int | None:
+        """A worker process of ``node`` running an actor whose class name contains ``name``."""
+        raylet = self.raylet_pid(node)
+        for pid in self.ns.pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == raylet and name.encode() in title:
+                return pid
+        return None
+
     def node_id(self, node: Path) -> str:
         """The Ray node id of the node whose temp dir is ``node`` (from its raylet's arguments)."""
         argv = Path(f"/proc/{self.raylet_pid(node)}/cmdline").read_bytes().split(b"\0")

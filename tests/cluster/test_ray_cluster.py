@@ -122,6 +122,30 @@ def test_a_job_that_cannot_be_scheduled_stops_and_says_why(cluster, color_bundle
     assert len(rows_by_path(tmp_path / "o.csv")) == 49
 
 
+def build_args(data, out, source_model, cache) -> list[str]:
+    return [str(data), "-o", str(out), "--backbone", str(source_model), "--epochs", "6", "--lr", "0.01",
+            "--seed", "4", "--cache-dir", str(cache), "--extract", "onnxruntime"]
+
+
+def test_build_with_default_options_matches_the_local_engine(cluster, dataset, source_model, tmp_path):
+    from graft import bundle
+
+    local = cluster.graft("build", *build_args(dataset, tmp_path / "local", source_model, tmp_path / "c1"),
+                          timeout=COMMAND_TIMEOUT)
+    assert local.returncode == 0, local.stderr[-3000:]
+    out = cluster.graft("build", *build_args(dataset, tmp_path / "ray", source_model, tmp_path / "c2"),
+                        "--engine", "ray", "--address", cluster.address, timeout=COMMAND_TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    want, got = (bundle.read_manifest(tmp_path / name) for name in ("local", "ray"))
+    record = got["dataset"]["extraction"]
+    assert (record["engine"], record["extracted"], record["ray"]["nodes"]) == ("ray", 36, 2)
+    assert (record["ray"]["actors"], record["ray"]["cpus_per_actor"]) == (2, 1)
+    assert record["ray"]["tensorflow_in_workers"] is False
+    assert got["dataset"]["skipped"] == want["dataset"]["skipped"]
+    assert got["metrics"] == want["metrics"]
+    assert got["training"]["stages"][0]["history"] == want["training"]["stages"][0]["history"]
+
+
 HOLD_CPUS = """
 import sys, time, ray
 from ray.util.placement_group import placement_group
@@ -175,3 +199,58 @@ def test_a_lost_node_loses_and_duplicates_no_row(cluster, color_bundle, tmp_path
     assert set(rows) == set(expand_inputs([folder])) and all(r.ok for r in rows.values())
     assert {r.labels[0] for r in rows.values()} == {"red", "green", "blue"}
     cluster.add_node(1)  # the next test has two nodes again
+
+
+def test_a_lost_node_in_a_build_is_extracted_again_and_leaves_whole_shards(cluster, source_model,
+                                                                           tmp_path, images):
+    import numpy as np
+
+    from graft import bundle
+    from graft.builder.shards import ShardStore
+
+    data = make_dataset(tmp_path / "data", per_class=200)
+    cache, out = tmp_path / "cache", tmp_path / "bundle"
+    worker = cluster.nodes[-1]
+    argv = [sys.executable, "-m", "graft", "build", *build_args(data, out, source_model, cache),
+            "--engine", "ray", "--address", cluster.address, "--batch-size", "4"]
+    with open(tmp_path / "build.log", "w") as log:
+        job = cluster.popen(argv, stdout=log, stderr=log)
+        try:
+            wait_for(lambda: cluster.actor_on(worker, "FeatureWorker") or job.poll() is not None, 180,
+                     "a feature actor on the worker node")
+            assert job.poll() is None, (tmp_path / "build.log").read_text()[-3000:]
+            cluster.kill(cluster.raylet_pid(worker))
+            job.wait(timeout=COMMAND_TIMEOUT)
+        finally:
+            job.kill()
+    folder = next(cache.glob("features/*/onnxruntime-*"))
+    assert not [p.name for p in folder.iterdir() if not p.name.startswith("shard-")]  # no temporary files
+    if job.returncode != 0:  # the shards that came back stay; a second build extracts the rest
+        again = cluster.graft(*argv[3:], "--overwrite", timeout=COMMAND_TIMEOUT)
+        assert again.returncode == 0, again.stderr[-3000:]
+    record = bundle.read_manifest(out)["dataset"]["extraction"]
+    assert record["extracted"] + record["cache_hits"] == 600 and record["skipped"] == 0
+    index = ShardStore(folder).index()
+    assert len(index) == len(np.unique(index.keys)) == 600  # each image once, in whole shards
+    for keys in folder.glob("shard-*.keys.npy"):
+        assert (folder / keys.name.replace(".keys.npy", ".npy")).is_file()
+    # The next test's worker node cannot see the shared images (its own mount namespace).
+    hide = ["unshare", "-m", "--propagation", "private", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"',
+            str(images)]
+    cluster.add_node(1, prefix=hide)
+
+
+def test_an_input_a_node_cannot_read_is_a_row_error_naming_that_node(cluster, color_bundle, images,
+                                                                     tmp_path):
+    blind = cluster.node_id(cluster.nodes[-1])[:8]
+    run_job(color_bundle, [images], tmp_path / "local.jsonl", top_k=2)
+    out = cluster.graft("predict", str(color_bundle), str(images), "-o", str(tmp_path / "ray.jsonl"),
+                        "--engine", "ray", "--address", cluster.address, "--top-k", "2", "--batch-size", "2",
+                        timeout=COMMAND_TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    want, got = rows_by_path(tmp_path / "local.jsonl"), rows_by_path(tmp_path / "ray.jsonl")
+    assert set(got) == set(want)
+    unread = {p for p, r in got.items() if f"(id {blind}), which cannot read it" in r.error}
+    assert unread and len(unread) < len(got)  # the job went on, on both nodes
+    assert_same_rows({p: r for p, r in got.items() if p not in unread},
+                     {p: r for p, r in want.items() if p not in unread})

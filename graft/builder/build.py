@@ -110,9 +110,10 @@ class BuildOptions:
         if self.engine == "ray" and self.extract == "keras":
             raise GraftError("--engine ray extracts features with onnxruntime on TensorFlow-free "
                              "workers; drop --extract keras, or use --engine local")
-        if self.engine == "local" and (self.address or self.num_cpus or self.actors):
-            raise GraftError("--address, --num-cpus and --actors apply to --engine ray; add it or drop them")
-        for name in ("num_cpus", "actors", "decode_threads", "model_threads"):
+        if self.engine == "local" and (self.address or self.num_cpus or self.actors or self.cpus_per_actor):
+            raise GraftError("--address, --num-cpus, --actors and --cpus-per-actor apply to --engine ray; "
+                             "add it or drop them")
+        for name in ("num_cpus", "actors", "cpus_per_actor", "decode_threads", "model_threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise GraftError(f"--{name.replace('_', '-')} must be a positive integer; received {value!r}")

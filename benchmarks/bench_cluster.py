@@ -1,0 +1,115 @@
+"""`graft predict` on a 2-node Ray cluster vs the local engine, on the same two cores.
+
+    python benchmarks/bench_cluster.py [--images 1000] [--small 16] [--repeats 3] [--workdir DIR]
+
+Makes (once, cached in --workdir) 640x480 JPEGs cut from scikit-image's photographs
+and a bundle made by `graft build` + `graft export` (EfficientNet-Lite0, 224x224, ONNX
+float32; benchmarks/common.py). Starts a Ray cluster of two nodes of 1 CPU each with
+`ray start` on 127.0.0.1 (tests/cluster/harness.py: a private network namespace), then
+measures, interleaved over --repeats, the `graft predict` command end to end (a fresh
+process each time, as an operator runs it) for:
+
+- local: the local engine (decode threads and onnxruntime on both cores);
+- cluster: ``--engine ray --address`` with default options (one actor of 1 CPU per node);
+
+each on --images images and on --small images. The small job measures the fixed
+startup cost (process start, model load, joining Ray, starting actors); the
+difference between the two jobs gives the steady rate, images/s once running.
+Prints medians and the ratios (goal: cluster >= 85% of local) and writes
+benchmarks/results/bench_cluster.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests" / "cluster"))
+
+from common import bench_bundle, median, photo_jpegs, write_results  # noqa: E402
+from harness import RayCluster, namespaces_work  # noqa: E402
+
+
+def run_predict(cluster: RayCluster, model: Path, listing: Path, out: Path, engine: str) -> float:
+    """Wall seconds of one `graft predict` command (a fresh process)."""
+    extra = ["--engine", "ray", "--address", cluster.address] if engine == "cluster" else []
+    out.unlink(missing_ok=True)
+    Path(f"{out}.graft.json").unlink(missing_ok=True)
+    started = time.perf_counter()
+    done = cluster.graft("predict", str(model), str(listing), "-o", str(out), "--no-progress", *extra,
+                         timeout=1800)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0 or not re.search(r"\d+ ok, 0 failed", done.stderr):
+        raise RuntimeError(f"{engine} predict failed ({done.returncode}): {done.stderr[-2000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--small", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "graft-bench-cluster")
+    args = parser.parse_args()
+    if namespaces_work():
+        sys.exit(f"needs a private network namespace for a loopback Ray cluster: {namespaces_work()}")
+
+    model = bench_bundle(args.workdir)
+    paths = photo_jpegs(args.workdir / "images", args.images)
+    lists = {}
+    for name, count in (("large", args.images), ("small", args.small)):
+        lists[name] = args.workdir / f"{name}.txt"
+        lists[name].write_text("".join(f"{p}\n" for p in paths[:count]))
+    print(f"{args.images} and {args.small} JPEGs 640x480, EfficientNet-Lite0 224x224 ONNX float32")
+
+    started = time.perf_counter()
+    with RayCluster((1, 1)) as cluster:
+        cluster_start = time.perf_counter() - started
+        print(f"cluster of 2 nodes x 1 CPU started in {cluster_start:.1f} s")
+        runs = {(engine, size): [] for engine in ("local", "cluster") for size in ("large", "small")}
+        for repeat in range(args.repeats):
+            for (engine, size), times in runs.items():
+                times.append(run_predict(cluster, model, lists[size], args.workdir / f"out-{engine}.csv", engine))
+                print(f"  repeat {repeat + 1}: {engine:7s} {size}: {times[-1]:.1f} s", flush=True)
+    report(runs, args, cluster_start)
+
+
+def report(runs: dict, args, cluster_start: float) -> None:
+    results = {"images": args.images, "small_images": args.small, "repeats": args.repeats,
+               "cluster": "2 Ray nodes x 1 CPU (ray start, 127.0.0.1), default options",
+               "cluster_start_seconds": round(cluster_start, 1), "peers": {}}
+    extra = args.images - args.small
+    for engine in ("local", "cluster"):
+        large, small = median(runs[(engine, "large")]), median(runs[(engine, "small")])
+        steady = [extra / (big - little) for big, little in zip(runs[(engine, "large")], runs[(engine, "small")])]
+        results["peers"][engine] = {
+            "end_to_end_images_per_second": round(args.images / large, 1),
+            "steady_images_per_second": round(median(steady), 1),
+            "startup_seconds": round(small, 2),
+            "runs_large_seconds": [round(t, 2) for t in runs[(engine, "large")]],
+            "runs_small_seconds": [round(t, 2) for t in runs[(engine, "small")]]}
+    local, cluster = results["peers"]["local"], results["peers"]["cluster"]
+    results["ratio_end_to_end"] = round(cluster["end_to_end_images_per_second"]
+                                        / local["end_to_end_images_per_second"], 3)
+    results["ratio_steady"] = round(cluster["steady_images_per_second"] / local["steady_images_per_second"], 3)
+    results["startup_overhead_seconds"] = round(cluster["startup_seconds"] - local["startup_seconds"], 2)
+    results["per_core_images_per_second"] = round(cluster["steady_images_per_second"] / 2, 1)
+    print(f"\nmedians of {args.repeats} interleaved repeats:")
+    for engine in ("local", "cluster"):
+        peer = results["peers"][engine]
+        print(f"  {engine:7s}: {peer['end_to_end_images_per_second']:6.1f} img/s end to end, "
+              f"{peer['steady_images_per_second']:6.1f} img/s steady, startup {peer['startup_seconds']:.1f} s")
+    print(f"cluster / local: {results['ratio_end_to_end']:.1%} end to end, {results['ratio_steady']:.1%} "
+          f"steady (goal >= 85%); startup overhead {results['startup_overhead_seconds']:+.1f} s; "
+          f"per core {results['per_core_images_per_second']} img/s")
+    write_results("bench_cluster", results)
+
+
+if __name__ == "__main__":
+    main()

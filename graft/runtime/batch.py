@@ -104,7 +104,7 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
             resume: bool = False, overwrite: bool = False, chunk_rows: int | None = None,
             engine: str = "local", address: str | None = None, num_cpus: int | None = None,
             actors: int | None = None, cpus_per_actor: int | None = None,
-            schedule_timeout: float | None = None, progress: bool = False) -> JobSummary:
+            schedule_timeout: float | None = None, progress: bool = False, on_start=None) -> JobSummary:
     """Classify every input once into ``output`` (.csv, .jsonl or .parquet).
 
     Rows are appended in complete, fsynced chunks of ``chunk_rows`` (default:
@@ -120,6 +120,8 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
             or a local Ray with ``num_cpus``; ``actors`` model replicas of ``cpus_per_actor``
             CPUs, sized to the nodes by default; ``schedule_timeout`` seconds without a
             result before it stops and says why).
+        on_start: called with the loaded Classifier once the output is open (e.g. to say
+            which export runs).
         Others: as for ``iter_predictions``.
 
     Returns:
@@ -142,6 +144,8 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
             plan = ray_job.plan_actors(ray_job.cluster_nodes(ray), actors, cpus_per_actor)  # or refuse
             actors, cpus_per_actor = plan.actors, plan.cpus
         writer, done = open_output(output, job, resume=resume, overwrite=overwrite)
+        if on_start is not None:
+            on_start(clf)
         todo = [p for p in paths if row_text(p) not in done]
         if engine == "ray":
             results = ray_job.iter_ray_predictions(

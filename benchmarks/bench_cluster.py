@@ -25,10 +25,12 @@ benchmarks/results/bench_cluster.json.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,21 +44,57 @@ from harness import RayCluster, namespaces_work  # noqa: E402
 
 def run_predict(cluster: RayCluster, model: Path, listing: Path, out: Path, engine: str) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one `graft predict` command (a fresh process). CPU counts
-    the command and, for the cluster, every process of the cluster (actors, raylets, GCS)."""
+    the command and, on the cluster, every process of the cluster (actors, raylets, GCS...)."""
     extra = ["--engine", "ray", "--address", cluster.address] if engine == "cluster" else []
     out.unlink(missing_ok=True)
     Path(f"{out}.graft.json").unlink(missing_ok=True)
-    before = children_cpu() + (cluster.ns.cpu_seconds() if engine == "cluster" else 0.0)
-    started = time.perf_counter()
-    done = cluster.graft("predict", str(model), str(listing), "-o", str(out), "--no-progress", *extra,
-                         timeout=1800)
-    seconds = time.perf_counter() - started
-    if engine == "cluster":
-        time.sleep(2)  # let the raylets reap the finished actors, so their time is counted
-    cpu = children_cpu() + (cluster.ns.cpu_seconds() if engine == "cluster" else 0.0) - before
+    before = children_cpu()
+    with ClusterCpu(cluster) as in_cluster:
+        started = time.perf_counter()
+        done = cluster.graft("predict", str(model), str(listing), "-o", str(out), "--no-progress", *extra,
+                             timeout=1800)
+        seconds = time.perf_counter() - started
+    # The command itself runs in the cluster's namespace: on the cluster, the sampled time has it.
+    cpu = in_cluster.seconds if engine == "cluster" else children_cpu() - before
     if done.returncode != 0 or not re.search(r"\d+ ok, 0 failed", done.stderr):
         raise RuntimeError(f"{engine} predict failed ({done.returncode}): {done.stderr[-2000:]}")
     return seconds, cpu
+
+
+class ClusterCpu:
+    """CPU seconds the cluster's processes use during a block, sampled every ``every`` s: an
+    actor that ends is counted up to its last sample (Ray reaps its workers itself, so
+    their time never reaches a parent's children time)."""
+
+    def __init__(self, cluster: RayCluster, every: float = 0.25):
+        self.cluster, self.every = cluster, every
+        self.first: dict = {}
+        self.last: dict = {}
+        self.seconds = 0.0
+        self._stop = threading.Event()
+
+    def _sample(self, baseline: bool = False) -> None:
+        for key, ticks in self.cluster.ns.cpu_ticks().items():
+            self.first.setdefault(key, ticks if baseline else 0)  # a process started since: all of it
+            self.last[key] = ticks
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def __enter__(self) -> "ClusterCpu":
+        self._sample(baseline=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(self.every)
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        ticks = sum(self.last[key] - self.first[key] for key in self.last)
+        self.seconds = ticks / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu() -> float:

@@ -105,7 +105,8 @@ def extract_on_ray(rows: list[dict], model: bytes, dim: int, contract: dict, wri
         batches = extracted.iter_batches(batch_size=options.batch_size, batch_format="numpy")
         try:
             for batch in stream(batches, options.schedule_timeout,
-                                lambda: f"{plan.describe()}; the nodes offer {offers(ray)}"):
+                                lambda: f"{plan.describe()}; the nodes offer {offers(ray)}",
+                                then="the features that came back are cached: run the build again"):
                 errors = [str(e) for e in batch["error"]]
                 ok = [i for i, e in enumerate(errors) if not e]
                 writer.add([str(batch["key"][i]) for i in ok], batch["features"][ok])

@@ -119,8 +119,10 @@ def offers(ray) -> str:
     return ", ".join(parts) or "no live node with a CPU"
 
 
-def stream(items: Iterator, limit: float, waiting_for: Callable[[], str]) -> Iterator:
-    """Yield from ``items``, pulled in a thread; RayError when none arrives within ``limit`` s."""
+def stream(items: Iterator, limit: float, waiting_for: Callable[[], str], then: str) -> Iterator:
+    """Yield from ``items``, pulled in a thread; RayError when none arrives within ``limit`` s,
+    or when Ray gives up (a lost node it could not recover from), ending with ``then``: what
+    to do next."""
     box: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -145,11 +147,14 @@ def stream(items: Iterator, limit: float, waiting_for: Callable[[], str]) -> Ite
                 kind, value = box.get(timeout=limit)
             except queue.Empty:
                 raise RayError(f"nothing came back from the Ray cluster in {limit:g} s "
-                               f"(--schedule-timeout): {waiting_for()}") from None
+                               f"(--schedule-timeout): {waiting_for()}; {then}") from None
             if kind == "end":
                 return
-            if kind == "error":
+            if kind == "error" and isinstance(value, (GraftError, KeyboardInterrupt)):
                 raise value
+            if kind == "error":
+                raise RayError(f"the job on Ray failed ({type(value).__name__}: {first_line(value, 300)}); "
+                               f"{then}") from value
             yield value
     finally:
         stop.set()

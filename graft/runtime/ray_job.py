@@ -31,6 +31,9 @@ from graft.runtime.ray_cluster import (SCHEDULE_TIMEOUT, Heartbeat, RayError, cl
                                        dataset_blocks, offers, plan_actors, ray_session, stream)
 
 
+RESUME_HINT = "the rows written so far are kept: run the same command with --resume to finish"
+
+
 @dataclass(frozen=True)
 class ModelBlob:
     """A model as it travels through the object store: its file's name and bytes, its manifest."""
@@ -120,7 +123,7 @@ def iter_ray_predictions(model: str | os.PathLike | Classifier, paths: Sequence[
         beat = Heartbeat("predict", len(items), heartbeat)
         batches = predicted.iter_batches(batch_size=batch_size, batch_format="pyarrow")
         for table in stream(batches, schedule_timeout, lambda: f"{plan.describe()}; the nodes offer "
-                            f"{offers(ray)}"):
+                            f"{offers(ray)}", then=RESUME_HINT):
             beat.add(table.num_rows)
             for row in table.to_pylist():
                 yield Result(row["path"], tuple(row["labels"]), tuple(row["scores"]), row["error"])

@@ -65,18 +65,16 @@ class Namespace:
                     continue  # gone, or not ours to read
         return found
 
-    def cpu_seconds(self) -> float:
-        """CPU time of the processes in the namespace, with the children they have reaped
-        (Ray's workers are the raylet's children, so a finished actor's time counts)."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        total = 0
+    def cpu_ticks(self) -> dict:
+        """{(pid, start time): CPU clock ticks used} of the processes in the namespace."""
+        found = {}
         for pid in self.pids():
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
-        return total / ticks
+            found[(pid, fields[19])] = int(fields[11]) + int(fields[12])  # utime + stime
+        return found
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process in the namespace, SIGKILL what is left after ``grace``, then

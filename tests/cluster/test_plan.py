@@ -46,3 +46,38 @@ def test_an_override_no_node_can_hold_is_refused(cpus, overrides, message):
     with pytest.raises(RayError) as info:
         plan_actors(nodes(*cpus), **overrides)
     assert str(info.value) == message
+
+
+def test_stream_stops_with_one_line_when_nothing_arrives():
+    import threading
+
+    from graft.runtime.ray_cluster import stream
+
+    release = threading.Event()
+
+    def stalled():
+        yield 1
+        release.wait(30)  # a job whose actors cannot be placed
+        yield 2
+
+    got = []
+    with pytest.raises(RayError) as info:
+        for item in stream(stalled(), 0.5, lambda: "2 actor(s) pending", then="run it again"):
+            got.append(item)
+    release.set()
+    assert got == [1]
+    assert str(info.value) == ("nothing came back from the Ray cluster in 0.5 s (--schedule-timeout): "
+                               "2 actor(s) pending; run it again")
+
+
+def test_stream_turns_a_failure_of_ray_into_one_line_with_what_to_do():
+    from graft.runtime.ray_cluster import stream
+
+    def failing():
+        yield 1
+        raise ConnectionError("raylet 127.0.0.1 died\nsecond line")
+
+    with pytest.raises(RayError) as info:
+        list(stream(failing(), 30, lambda: "", then="run it again with --resume"))
+    assert str(info.value) == ("the job on Ray failed (ConnectionError: raylet 127.0.0.1 died); "
+                               "run it again with --resume")

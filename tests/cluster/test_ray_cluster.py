@@ -115,7 +115,8 @@ def test_a_job_that_cannot_be_scheduled_stops_and_says_why(cluster, color_bundle
     assert last_line(out.stderr) == (
         "error: nothing came back from the Ray cluster in 8 s (--schedule-timeout): 2 actor(s) of "
         "1 CPU(s) each on 2 node(s): 127.0.0.1 1 CPU, 127.0.0.1 1 CPU; the nodes offer 127.0.0.1: "
-        "0 of 1 CPU free, 127.0.0.1: 0 of 1 CPU free")
+        "0 of 1 CPU free, 127.0.0.1: 0 of 1 CPU free; the rows written so far are kept: run the same "
+        "command with --resume to finish")
     out = cluster.graft("predict", str(color_bundle), str(images), "-o", str(tmp_path / "o.csv"),
                         "--engine", "ray", "--address", cluster.address, "--resume", timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]

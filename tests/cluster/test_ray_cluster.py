@@ -202,8 +202,17 @@ def test_a_lost_node_loses_and_duplicates_no_row(cluster, color_bundle, tmp_path
     cluster.add_node(1)  # the next test has two nodes again
 
 
+@pytest.fixture(scope="module")
+def hidden(tmp_path_factory):
+    """Images that the last node added cannot see: enough work that both nodes' actors get some."""
+    folder = tmp_path_factory.mktemp("shared") / "hidden"
+    for i in range(300):
+        solid_image(folder / f"{i:03d}.png", ("red", "green", "blue")[i % 3], size=(24, 24))
+    return folder
+
+
 def test_a_lost_node_in_a_build_is_extracted_again_and_leaves_whole_shards(cluster, source_model,
-                                                                           tmp_path, images):
+                                                                           tmp_path, hidden):
     import numpy as np
 
     from graft import bundle
@@ -237,15 +246,15 @@ def test_a_lost_node_in_a_build_is_extracted_again_and_leaves_whole_shards(clust
         assert (folder / keys.name.replace(".keys.npy", ".npy")).is_file()
     # The next test's worker node cannot see the shared images (its own mount namespace).
     hide = ["unshare", "-m", "--propagation", "private", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"',
-            str(images)]
+            str(hidden)]
     cluster.add_node(1, prefix=hide)
 
 
-def test_an_input_a_node_cannot_read_is_a_row_error_naming_that_node(cluster, color_bundle, images,
+def test_an_input_a_node_cannot_read_is_a_row_error_naming_that_node(cluster, color_bundle, hidden,
                                                                      tmp_path):
     blind = cluster.node_id(cluster.nodes[-1])[:8]
-    run_job(color_bundle, [images], tmp_path / "local.jsonl", top_k=2)
-    out = cluster.graft("predict", str(color_bundle), str(images), "-o", str(tmp_path / "ray.jsonl"),
+    run_job(color_bundle, [hidden], tmp_path / "local.jsonl", top_k=2)
+    out = cluster.graft("predict", str(color_bundle), str(hidden), "-o", str(tmp_path / "ray.jsonl"),
                         "--engine", "ray", "--address", cluster.address, "--top-k", "2", "--batch-size", "2",
                         timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -192,6 +192,7 @@ def test_a_lost_node_loses_and_duplicates_no_row(cluster, color_bundle, tmp_path
             job.wait(timeout=COMMAND_TIMEOUT)
         finally:
             job.kill()
+    print(f"predict after a lost node: exit {job.returncode}")  # Ray recovered (0), or --resume below
     if job.returncode != 0:  # Ray could not recover: the rows written so far stay, --resume adds the rest
         resumed = cluster.graft("predict", str(color_bundle), str(folder), "-o", str(out), "--engine", "ray",
                                 "--address", cluster.address, "--resume", timeout=COMMAND_TIMEOUT)
@@ -235,6 +236,7 @@ def test_a_lost_node_in_a_build_is_extracted_again_and_leaves_whole_shards(clust
             job.kill()
     folder = next(cache.glob("features/*/onnxruntime-*"))
     assert not [p.name for p in folder.iterdir() if not p.name.startswith("shard-")]  # no temporary files
+    print(f"build after a lost node: exit {job.returncode}")
     if job.returncode != 0:  # the shards that came back stay; a second build extracts the rest
         again = cluster.graft(*argv[3:], "--overwrite", timeout=COMMAND_TIMEOUT)
         assert again.returncode == 0, again.stderr[-3000:]

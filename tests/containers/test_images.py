@@ -155,8 +155,10 @@ def test_a_bundle_the_user_cannot_read_is_one_line(bundle, tmp_path):
     private.mkdir(mode=0o700)  # owned by the test's user, closed to the image's
     (private / "graft.json").write_text((bundle / "graft.json").read_text())
     done = ce.run("runtime", volumes={private: "/model:ro"})
-    # permission denied: exit 1, as graft's CLI reports every failure of the machine (README: Errors)
-    assert (done.returncode, ce.engine_lines(done.stderr)) == (1, ["error: /model/graft.json: Permission denied"])
+    # a bundle the caller cannot read is bad input: exit 2, one line that says what to do
+    assert (done.returncode, ce.engine_lines(done.stderr)) == (2, [
+        "error: /model/graft.json: cannot be read (permission denied); make the bundle readable by the "
+        "user graft runs as (uid 10001)"])
 
 
 def test_a_taken_port_is_one_line(bundle):

@@ -8,7 +8,7 @@ from graft.cli.predict import DEVICE_CHOICE
 
 
 @click.command()
-@click.argument("model", metavar="MODEL_OR_REPOSITORY", type=click.Path(path_type=str))
+@click.argument("model", metavar="MODEL_OR_REPOSITORY", type=click.Path(path_type=str, readable=False))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
@@ -22,8 +22,13 @@ from graft.cli.predict import DEVICE_CHOICE
 @click.option("--timeout-ms", type=click.FloatRange(1, 3_600_000), default=30_000, show_default=True,
               help="A request not answered within this time gets 504.")
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
+@click.option("--artifact", "artifacts", multiple=True,
+              help="Which export of a bundle: FORMAT[:PRECISION] for every bundle, or "
+              "NAME=FORMAT[:PRECISION] for one model of a repository; repeatable (default: each "
+              "bundle's best verified export, as `graft predict`).")
 @click.option("--model-threads", type=click.IntRange(1, 1024), default=None,
-              help="Threads per model: onnxruntime intra-op or LiteRT interpreter (default: all cores).")
+              help="Threads per model: onnxruntime intra-op or LiteRT interpreter (default: every "
+              "core this process may use).")
 @click.option("--max-body-mb", type=click.FloatRange(0.001, 4096), default=32, show_default=True,
               help="Largest request body; bigger ones get 413.")
 @click.option("--max-pixels", type=click.IntRange(1), default=50_000_000, show_default=True,
@@ -47,6 +52,7 @@ def serve(model, max_body_mb, **options):
     """
     from graft.runtime.server import ServerConfig, serve as run_server
 
+    options["artifacts"] = tuple(options["artifacts"])
     config = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), **options)
     run_server(model, config, echo=click.echo)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from graft.errors import BundleError, DeviceError, first_line
-from graft.runtime.engines import Engine, read_model
+from graft.runtime.engines import Engine, default_threads, read_model
 from graft.runtime.tflite_metadata import read_manifest
 
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402  (ImportError: graft[litert] missing)
@@ -34,10 +34,13 @@ class LiteRTEngine(Engine):
             raise DeviceError(f"device {device!r} is not available for .tflite models; "
                               f"allowed: {', '.join(DEVICES)} (LiteRT runs on the CPU here)")
         self.path = Path(path)
-        self.threads = int(threads) if threads else None
+        self.threads = default_threads(threads)  # LiteRT alone would use one thread
         self.data = model_bytes if model_bytes is not None else read_model(self.path)
         self._local = threading.local()
-        interpreter = self._interpreter()  # validates the file before anything else
+        from graft.quiet import native_output
+
+        with native_output((2,)):  # LiteRT announces its XNNPACK delegate on stderr
+            interpreter = self._interpreter()  # validates the file before anything else
         self.input = interpreter.get_input_details()[0]
         self.output = interpreter.get_output_details()[0]
         signature = tuple(int(d) for d in self.input["shape_signature"])
@@ -77,6 +80,8 @@ def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
     if dtype.kind == "f":
         return np.ascontiguousarray(values, dtype=dtype)
     scale, zero_point = detail["quantization"]
+    if values.dtype == dtype and scale in (0.0, 1.0) and zero_point == 0:
+        return np.ascontiguousarray(values)  # uint8 pixels into a uint8 input of scale 1: as they are
     scaled = values.astype(np.float32)
     if scale:
         scaled = np.rint(scaled / scale) + zero_point

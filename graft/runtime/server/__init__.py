@@ -69,8 +69,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def serve(path, config: ServerConfig | None = None, echo=print) -> None:
     """Load the models under ``path`` and serve them until SIGTERM/SIGINT."""
     config = config or ServerConfig()
+    _log_to_stderr(config.log_level)
     repository = load_repository(path, config)
     app, routes = create_app(repository, config)
+    from graft.runtime.server.pools import settle
+
+    for entry in repository.entries():  # instances and batching are logged before serving starts
+        settle(entry, config)
     sock = bind_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
     models = ", ".join(f"{e.name}:{e.version}" for e in repository.entries())
@@ -78,6 +83,19 @@ def serve(path, config: ServerConfig | None = None, echo=print) -> None:
     echo(f"serving {models} on http://{host if ':' not in host else f'[{host}]'}:{port}")
     sys.stdout.flush()
     server.run(sockets=[sock])
+
+
+def _log_to_stderr(level: str) -> None:
+    """The server's own log lines (instances, batching, failures) on stderr, as uvicorn's are."""
+    import logging
+
+    logger = logging.getLogger("graft.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level.upper())
 
 
 def _draining_server_class():

@@ -175,11 +175,16 @@ class Server:
 
 
 def graft_server(label: str, model: Path, extra: list[str]) -> Server:
-    name = model.name if model.is_dir() else model.stem
+    import http.client
+
     command = [sys.executable, "-m", "graft", "serve", str(model), "--port", "{port}", "--log-level", "warning",
                *extra]
-    return Server(label, command, f"/v2/models/{name}/classify?top_k=1",
-                  {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    server = Server(label, command, "", {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/v2/models")
+    name = json.loads(connection.getresponse().read())["models"][0]["name"]
+    server.path = f"/v2/models/{name}/classify?top_k=1"
+    return server
 
 
 def peer_server(onnx: Path, labels: list[str]) -> Server:

@@ -16,6 +16,8 @@ import time
 
 from graft.runtime.server.config import ServerConfig
 
+SWITCH_INTERVAL_S = 0.0005
+
 __all__ = ["ServerConfig", "serve", "create_app", "load_repository", "uvicorn_config"]
 
 
@@ -70,6 +72,10 @@ def serve(path, config: ServerConfig | None = None, echo=print) -> None:
     """Load the models under ``path`` and serve them until SIGTERM/SIGINT."""
     config = config or ServerConfig()
     _log_to_stderr(config.log_level)
+    # The event loop gives up the GIL at every socket call; a thread holding it (decoding,
+    # preparing a model call) keeps it for up to the switch interval (5 ms by default) before
+    # the loop gets it back. 0.5 ms keeps the loop answering while every core computes.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     repository = load_repository(path, config)
     app, routes = create_app(repository, config)
     from graft.runtime.server.pools import settle

@@ -23,6 +23,7 @@ from graft import __version__
 from graft.errors import GraftError
 from graft.runtime.server import openapi, page
 from graft.runtime.server.config import ServerConfig
+from graft.runtime.server.batcher import Deferred
 from graft.runtime.server.errors import BadRequest, RequestTimeout, ServerError, Unavailable
 from graft.runtime.server.intake import (ClientWatch, as_server_error, decode_images, read_body,
                                          uploaded_images)
@@ -237,9 +238,13 @@ class Server:
         return body
 
     async def _decode(self, entry: ModelEntry, images: list[bytes], deadline: float,
-                      watch: ClientWatch) -> np.ndarray:
+                      watch: ClientWatch) -> np.ndarray | Deferred:
+        """Decoded pixels when requests are combined (a batch gathers decoded images); else the
+        decoding itself, done by the instance that runs the model (one thread hop less)."""
         work = functools.partial(decode_images, entry, images, self.config.max_request_pixels,
                                  deadline, watch.gone)
+        if not entry.batcher.combines:
+            return Deferred(work, len(images))
         return await watch.run(anyio.to_thread.run_sync(work, limiter=self.decode_limiter))
 
     async def _infer(self, request: Request, entry: ModelEntry, arrived: float,

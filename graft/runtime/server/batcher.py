@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -49,16 +49,23 @@ class BatchStats:
     queue_s: list[float]
 
 
+class Deferred(NamedTuple):
+    """Images still to decode: the instance that runs them calls ``decode()`` in its own thread."""
+
+    decode: Callable[[], np.ndarray]
+    size: int
+
+
 @dataclass
 class _Item:
-    pixels: np.ndarray
+    pixels: np.ndarray | Deferred
     deadline: float | None
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
     def size(self) -> int:
-        return len(self.pixels)
+        return self.pixels.size if isinstance(self.pixels, Deferred) else len(self.pixels)
 
 
 class Batcher:
@@ -158,8 +165,13 @@ class Batcher:
             if self._wakeup is not None:
                 self._wakeup.set()
 
-    async def submit(self, pixels: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, float]:
-        """Queue ``pixels`` (n, H, W, 3); return (probabilities (n, C), seconds spent queued)."""
+    @property
+    def combines(self) -> bool:
+        """Whether requests are combined into batches (then they arrive decoded)."""
+        return self.max_batch_size > 1
+
+    async def submit(self, pixels: np.ndarray | Deferred, deadline: float | None = None) -> tuple[np.ndarray, float]:
+        """Queue ``pixels`` (n, H, W, 3), or images to decode; return (probabilities (n, C), seconds queued)."""
         if self.failure is not None:
             raise self.unavailable()
         if self._task is None:
@@ -249,9 +261,13 @@ class Batcher:
 
     async def _execute(self, instance: Instance, batch: list[_Item]) -> None:
         start = time.perf_counter()
-        pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([i.pixels for i in batch])
+
+        def run():  # in the instance's thread: decode what is still encoded, then the model call
+            arrays = [i.pixels.decode() if isinstance(i.pixels, Deferred) else i.pixels for i in batch]
+            return instance.run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
+
         try:
-            probs = await asyncio.get_running_loop().run_in_executor(instance.executor, instance.run, pixels)
+            probs = await asyncio.get_running_loop().run_in_executor(instance.executor, run)
         except GraftError as exc:  # the request's own fault: every request in the batch hears why
             self.pool.release(instance)
             self._answer(batch, exc if isinstance(exc, ServerError) else ServerError(f"inference failed: {exc}"))

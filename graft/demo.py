@@ -128,9 +128,11 @@ def run_demo(out: str | Path, echo: Callable[[str], None] = print) -> dict:
     rows = export_bundle(bundle_dir, targets)
     for row in rows:
         parity = row["parity"]
+        low = parity["agreement_interval"][0]
         echo(f"[4/4] exported {bundle_dir / row['path']} ({row['size_bytes'] / 1e6:.1f} MB): agrees with "
-             f"Keras on {parity['top1_agreement']:.0%} of {parity['images']} test tiles, accuracy "
-             f"{parity['accuracy']:.3f} ({row['status']})")
+             f"Keras on {parity['top1_agreement']:.1%} of all {parity['images']} tiles (95% CI from "
+             f"{low:.1%}), accuracy {parity['accuracy']:.3f} on {parity['test_images']} test tiles "
+             f"({row['status']})")
     test = bundle.split_rows(bundle_dir, "test")
     samples = list({r["label"]: r for r in reversed(test)}.values())[::-1]  # one per class
     runtimes = {key: Classifier.load(bundle_dir, artifact=key) for key in ("onnx", "tflite:int8")}

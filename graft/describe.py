@@ -26,8 +26,8 @@ def describe_model(path: str) -> list[str]:
             if _passes_only_a_looser_budget(row):
                 state += " (passes only a looser budget)"
             parity = row.get("parity", {})
-            extra = (f"  agreement {parity['top1_agreement']:.2%} max|d| {parity['max_abs_diff']:.1e}"
-                     if "top1_agreement" in parity else "")
+            extra = (f"  agreement {parity['top1_agreement']:.2%} (n={parity.get('images', '?')}) "
+                     f"max|d| {parity['max_abs_diff']:.1e}" if "top1_agreement" in parity else "")
             lines.append(f"  {row['path']}  {row['format']}:{row['precision']}  "
                          f"{row['size_bytes'] / 1e6:.2f} MB  sha256 {row['sha256'][:12]}  {state}{extra}")
         if not manifest.get("exports"):

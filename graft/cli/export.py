@@ -20,8 +20,16 @@ def _precisions(ctx, param, value: tuple[str, ...]) -> list[str]:
 
 
 def budget_options(command):
-    """Budget flags shared by `graft export` and `graft verify` (percent / points)."""
+    """Budget and check flags shared by `graft export` and `graft verify` (percent / points)."""
     flags = [
+        click.option("--strict", is_flag=True, help="Judge the measured figures against the budgets "
+                     "(default: a budget breaks only when the whole 95% interval is past it)."),
+        click.option("--agreement-data", multiple=True, type=click.Path(exists=True, path_type=str),
+                     help="More images (folder, file or .txt/.csv list; labels not needed) to measure "
+                     "agreement with Keras on; repeatable."),
+        click.option("--check-images", type=click.IntRange(1), default=2000, show_default=True,
+                     help="At most this many images for the checks; past it a seeded sample "
+                     "(held-out images first), stated in the output."),
         click.option("--f32-min-agreement", type=click.FloatRange(0, 100), default=None,
                      help="float32: minimum top-1 agreement with Keras, % [100]."),
         click.option("--f32-max-diff", type=click.FloatRange(0), default=None,
@@ -36,6 +44,12 @@ def budget_options(command):
     for flag in reversed(flags):
         command = flag(command)
     return command
+
+
+def check_settings(strict, agreement_data, check_images, **budget_flags) -> dict:
+    """The keyword arguments of export_bundle / verify_bundle that the shared flags set."""
+    return {"budgets": budgets(**budget_flags), "strict": strict, "agreement_data": agreement_data,
+            "check_limit": check_images}
 
 
 def budgets(f32_min_agreement, f32_max_diff, f16_min_agreement, int8_min_agreement, int8_max_drop) -> dict:
@@ -69,7 +83,7 @@ def budgets(f32_min_agreement, f32_max_diff, f16_min_agreement, int8_min_agreeme
               "(ONNX node names, TFLite tensor names; prefix onnx: or tflite: to target one format).")
 @click.option("--auto-exclude", is_flag=True, help="int8: when the budget breaks, keep the worst "
               "layers in float until it holds, and report what that cost.")
-@click.option("--no-verify", is_flag=True, help="Skip the check against Keras on the test split.")
+@click.option("--no-verify", is_flag=True, help="Skip the check against Keras.")
 @click.option("--data", "data_root", type=click.Path(path_type=str), default=None,
               help="The dataset's root, if it moved since `graft build` (for the checks).")
 @budget_options
@@ -88,7 +102,7 @@ def export(bundle_dir, fmt, precisions, opset, calibration_size, calibration_met
 
     try:
         export_bundle(bundle_dir, registry.select(fmt, precisions), options, verify_exports=not no_verify,
-                      budgets=budgets(**budget_flags), echo=click.echo)
+                      echo=click.echo, **check_settings(**budget_flags))
     except CheckFailed:
         after_change(bundle_dir)  # flagged rows are recorded: the report shows them
         raise
@@ -104,18 +118,20 @@ def export(bundle_dir, fmt, precisions, opset, calibration_size, calibration_met
               help="The dataset's root, if it moved since `graft build`.")
 @budget_options
 def verify(bundle_dir, model_threads, no_speed, data_root, **budget_flags):
-    """Run every exported file on the test split; print one table; exit 1 if a budget breaks."""
+    """Check every exported file against Keras (agreement on every usable image, accuracy on the
+    held-out split, each with n and a 95% interval); print one table; exit 1 if a budget breaks."""
     from rich.console import Console
     from rich.table import Table
 
-    from graft.exporters.verify import COLUMNS, REPORT_JSON, REPORT_MD, table_cells, verify_bundle
+    from graft.exporters.verify import COLUMNS, REPORT_JSON, REPORT_MD, headline, table_cells, verify_bundle
 
     from graft.cli.report import after_change
 
-    report = verify_bundle(bundle_dir, budgets(**budget_flags), data_root, model_threads, not no_speed)
+    settings = check_settings(**budget_flags)
+    report = verify_bundle(bundle_dir, settings.pop("budgets"), data_root, model_threads, not no_speed, **settings)
     after_change(bundle_dir)
-    table = Table(title=f"{report['bundle']}: {report['images']} {report['split']} images, Keras "
-                        f"accuracy {report['keras_accuracy']:.2%}, {report['threads']} threads")
+    click.echo(headline(report))
+    table = Table(title=report["bundle"])
     for i, column in enumerate(COLUMNS):
         table.add_column(column, justify="left" if i < 2 or i == len(COLUMNS) - 1 else "right")
     for row in report["rows"]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -21,14 +20,15 @@ DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda", "tensorrt", "openvino"])
 @click.option("--top-k", type=click.IntRange(1, 1000), default=3, show_default=True)
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
 @click.option("--artifact", default=None, help="Which export of a bundle: FORMAT[:PRECISION], "
-              "e.g. onnx, onnx:int8, tflite:float16 (default onnx:float32).")
+              "e.g. onnx, onnx:int8, tflite:float16 (default: the best verified export, in the "
+              "order onnx float32, int8, dynamic, float16, then tflite the same).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--decode-threads", type=click.IntRange(1, 256), default=None,
               help="Threads decoding and resizing images (per Ray actor with --engine ray; "
               "default: CPUs, at most 8; on Ray, the actor's CPU share).")
 @click.option("--model-threads", type=click.IntRange(1, 256), default=None,
-              help="Model threads: onnxruntime intra-op or LiteRT interpreter (default: the engine's "
-              "choice; on Ray, the actor's CPU share).")
+              help="Model threads: onnxruntime intra-op or LiteRT interpreter (default: every core "
+              "this process may use; on Ray, the actor's CPU share).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted job of the same model and "
               "--top-k: keep the rows in OUTPUT, cut a torn last record, classify only the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
@@ -54,9 +54,6 @@ def predict(model, inputs, output, top_k, device, artifact, batch_size, decode_t
         progress = sys.stderr.isatty()
     if resume and overwrite:
         raise GraftError("--resume keeps an output and --overwrite replaces it: pass one of them")
-    if artifact and not Path(model).is_dir():
-        raise GraftError(f"--artifact picks one export of a bundle, but {model} is a single model file; "
-                         "leave it out, or pass the bundle")
     if output is None:
         if resume or overwrite or engine != "local":
             raise GraftError("--resume, --overwrite and --engine ray need an output file (-o OUT)")
@@ -69,7 +66,7 @@ def predict(model, inputs, output, top_k, device, artifact, batch_size, decode_t
                           decode_threads=decode_threads, device=device, artifact=artifact,
                           model_threads=model_threads, resume=resume, overwrite=overwrite,
                           chunk_rows=chunk_rows, engine=engine, address=address, num_cpus=num_cpus,
-                          actors=actors, progress=progress)
+                          actors=actors, progress=progress, on_start=announce)
         failed = summary.failed + summary.failed_before
         click.echo(f"{summary.ok} ok, {summary.failed} failed, {summary.resumed} already done "
                    f"({summary.failed_before} failed); {summary.total} inputs in {output}; "
@@ -78,14 +75,22 @@ def predict(model, inputs, output, top_k, device, artifact, batch_size, decode_t
         sys.exit(1)
 
 
+def announce(clf) -> None:
+    """Say on stderr which export of a bundle runs, and why."""
+    if clf.artifact:
+        click.echo(f"model: {clf.describe_choice()}", err=True)
+
+
 def _predict_to_terminal(model, inputs, top_k, device, artifact, batch_size, decode_threads,
                          model_threads) -> int:
     from graft.runtime.batch import iter_predictions
+    from graft.runtime.pipeline import load_classifier
 
+    clf = load_classifier(model, device, model_threads, artifact)
+    announce(clf)
     ok = failed = 0
-    for result in iter_predictions(model, inputs, top_k=top_k, batch_size=batch_size,
-                                   decode_threads=decode_threads, device=device, artifact=artifact,
-                                   model_threads=model_threads):
+    for result in iter_predictions(clf, inputs, top_k=top_k, batch_size=batch_size,
+                                   decode_threads=decode_threads):
         text = result.error or "  ".join(f"{label} {score:.4f}"
                                          for label, score in zip(result.labels, result.scores))
         click.echo(f"{result.path}\t{text}")

@@ -40,6 +40,10 @@ INSTANCES = InstancesType()
 @click.option("--timeout-ms", type=click.FloatRange(1, 3_600_000), default=30_000, show_default=True,
               help="A request not answered within this time gets 504.")
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
+@click.option("--artifact", "artifacts", multiple=True,
+              help="Which export of a bundle: FORMAT[:PRECISION] for every bundle, or "
+              "NAME=FORMAT[:PRECISION] for one model of a repository; repeatable (default: each "
+              "bundle's best verified export, as `graft predict`).")
 @click.option("--instances", type=INSTANCES, default="auto", show_default=True,
               help="Engines per model version, each with its own threads; a request runs on a free one. "
               "auto: on the CPU one per core (with --model-threads, cores / threads), on a GPU one.")
@@ -69,6 +73,7 @@ def serve(model, max_body_mb, **options):
     """
     from graft.runtime.server import ServerConfig, serve as run_server
 
+    options["artifacts"] = tuple(options["artifacts"])
     config = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), **options)
     run_server(model, config, echo=click.echo)
 

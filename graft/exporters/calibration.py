@@ -42,7 +42,7 @@ def calibration_set(bundle_dir: str | Path, size: int = 200, seed: int = 0,
     if not rows:
         raise ExportError(f"{bundle_dir}: the training split lists no images to calibrate with; "
                           "rebuild the bundle with more data")
-    pixels = load_rows(rows, manifest, data_root, "calibration image")
+    pixels = load_rows(rows, manifest, data_root)
     per_class: dict[str, int] = {}
     for row in rows:
         per_class[row["label"]] = per_class.get(row["label"], 0) + 1

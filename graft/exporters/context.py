@@ -23,6 +23,7 @@ class Context:
         self.size = int(self.manifest["preprocessing"]["size"][0])
         self.work = Path(tempfile.mkdtemp(prefix="graft-export-"))
         self.excluded: dict[str, list[str]] = {}   # set by the auto-exclude search
+        self.strict = False                         # judge points, not intervals (budgets.py)
         self._cache: dict = {}
 
     def close(self) -> None:

@@ -1,8 +1,8 @@
 """`graft export`: write every selected format x precision, check each, record each.
 
 Each candidate file is written under a temporary name in ``exports/``, run
-through the runtime on the bundle's held-out images and judged against the
-Keras model with its precision's budget. Only then does it take its final name,
+through the runtime on every usable image of the bundle (``parity``) and judged
+against the Keras model with its precision's budget (``budgets``). Only then does it take its final name,
 together with its graft.json row, under the bundle's lock. A failed export
 leaves the previous file and row as they were; a file that breaks its budget is
 kept but flagged (``status: flagged``), never recorded as good, and never
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from graft import bundle
 from graft.errors import CheckFailed, ExportError
+from graft.exporters import budgets as budget_rules
 from graft.exporters import parity, registry
 from graft.exporters.context import Context
 from graft.exporters.install import Candidate, install, sweep
@@ -28,16 +29,21 @@ STEPS = (1, 2, 4, 8, 16, 32, 64)   # how many of the worst layers auto-exclude k
 
 def export_bundle(bundle_dir: str | Path, targets: list[registry.Target],
                   options: ExportOptions | None = None, verify_exports: bool = True,
-                  budgets: dict | None = None, echo=None) -> list[dict]:
+                  budgets: dict | None = None, echo=None, strict: bool = False,
+                  agreement_data=(), check_limit: int | None = parity.MAX_IMAGES) -> list[dict]:
     """Export ``targets``, check and record each.
 
     Args:
         bundle_dir: a bundle made by `graft build`.
         targets: format x precision rows of ``registry.TARGETS`` (see ``registry.select``).
         options: export settings (refused when no target would use them).
-        verify_exports: check each file against Keras on the held-out split.
+        verify_exports: check each file against Keras (agreement on every usable image,
+            accuracy on the held-out split).
         budgets: per-family budget overrides, e.g. ``{"int8": {"min_agreement": 0.97}}``.
         echo: called with one line per export.
+        strict: judge the measured figures, not their 95% intervals (``budgets``).
+        agreement_data: more folders, files or lists of images for agreement (no labels needed).
+        check_limit: at most this many images for the checks (a stated, seeded sample past it).
 
     Returns:
         The graft.json rows of the exported files.
@@ -54,7 +60,11 @@ def export_bundle(bundle_dir: str | Path, targets: list[registry.Target],
     try:
         with bundle.locked(bundle_dir):
             sweep(bundle_dir)
-        held_out = parity.HeldOut(bundle_dir, options.data_root) if verify_exports else None
+        held_out = parity.CheckImages(bundle_dir, options.data_root, agreement_data, check_limit,
+                                      options.seed) if verify_exports else None
+        if held_out is not None:
+            echo(describe_check(held_out))
+        ctx.strict = strict
         for target in targets:
             candidate = produce(ctx, target, held_out, budgets)
             try:
@@ -86,7 +96,17 @@ def export_onnx(bundle_dir: str | Path, opset: int = 17, data_root: str | None =
     return rows[0]
 
 
-def produce(ctx: Context, target: registry.Target, held_out: parity.HeldOut | None,
+def describe_check(images: parity.CheckImages) -> str:
+    """One line: what the checks run on."""
+    text = f"checking against Keras on {len(images)} images"
+    if images.sampled:
+        text += f" (a seeded sample of {images.usable}, seed {images.seed})"
+    if images.extra:
+        text += f", {images.extra} of them from --agreement-data"
+    return text + f"; accuracy on {int(images.held.sum())} {images.split} images"
+
+
+def produce(ctx: Context, target: registry.Target, held_out: parity.CheckImages | None,
             budgets: dict | None = None) -> Candidate:
     """Write one target's file under a temporary name and judge it (when ``held_out``)."""
     final = ctx.bundle_dir / bundle.EXPORTS_DIR / target.filename
@@ -100,9 +120,9 @@ def produce(ctx: Context, target: registry.Target, held_out: parity.HeldOut | No
             candidate.row["status"] = "unverified"
             return candidate
         result = _check(candidate.path, target, held_out)
-        verdict = parity.judge(result, target.budget, budgets)
+        verdict = budget_rules.judge(result, target.budget, budgets, ctx.strict)
         candidate.row["parity"] = {**result, **{k: verdict[k] for k in (
-            "budget", "budget_default", "passed", "breaches", "default_breaches")}}
+            "budget", "budget_default", "rule", "passed", "breaches", "default_breaches")}}
         candidate.row["status"] = verdict["status"]
         if "flagged" in verdict:
             candidate.row["flagged"] = verdict["flagged"]
@@ -116,7 +136,7 @@ def produce(ctx: Context, target: registry.Target, held_out: parity.HeldOut | No
     return candidate
 
 
-def _check(path: Path, target: registry.Target, held_out: parity.HeldOut) -> dict:
+def _check(path: Path, target: registry.Target, held_out: parity.CheckImages) -> dict:
     """Parity at batch 32; dynamic int8 also at batch 1 (its results depend on the batch)."""
     result = parity.check_file(path, held_out)
     if target.precision != "dynamic":
@@ -239,11 +259,13 @@ def tool_versions(fmt: str) -> dict:
 
 
 def summary(row: dict) -> str:
+    from graft.stats import accuracy_text, agreement_text
+
     text = f"{row['path']:<28} {row['size_bytes'] / 1e6:7.2f} MB  {row['status']}"
     result = row.get("parity")
     if result:
-        text += (f"  agreement {result['top1_agreement']:.2%}  max|dprob| {result['max_abs_diff']:.2e}"
-                 f"  accuracy {result['accuracy']:.2%} (keras {result['keras_accuracy']:.2%})")
+        text += (f"  agreement {agreement_text(result)}  max|dprob| {result['max_abs_diff']:.2e}"
+                 f"  accuracy {accuracy_text(result)}")
     if row.get("flagged"):
         text += f"  -- {row['flagged']}"
     return text

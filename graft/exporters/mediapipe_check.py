@@ -3,7 +3,7 @@
 MediaPipe's ImageClassifier stretches the whole image to the model's size with
 bilinear interpolation and no antialiasing, in uint8; graft's runtime resizes as
 the manifest says (stretched or centre-cropped, with Pillow's antialiased
-filters). This check runs the exported file on the held-out images both ways and
+filters). This check runs the exported file on the check's images both ways and
 records how often the top-1 agrees, so a bundle whose contract MediaPipe cannot
 follow (``resize: crop``) says so in graft.json instead of failing quietly on a device.
 """
@@ -45,26 +45,27 @@ def mediapipe_pixels(path: Path, size: list[int]) -> np.ndarray:
     return stretch_like_mediapipe(np.asarray(image), int(size[0]), int(size[1]))
 
 
-def preprocessing_agreement(path: Path, held_out, batch: int = 32) -> dict:
-    """Top-1 agreement of the file on the held-out images: graft's preprocessing vs MediaPipe's."""
-    from graft.bundle import sample_file
+def preprocessing_agreement(path: Path, images, batch: int = 32) -> dict:
+    """Top-1 agreement of the file on a check's images (parity.CheckImages): graft's
+    preprocessing vs MediaPipe's."""
     from graft.runtime.engines import open_engine, run_batched
+    from graft.stats import wilson
 
     engine = open_engine(path, device="cpu")
-    contract = held_out.manifest["preprocessing"]
+    contract = images.manifest["preprocessing"]
     agree = total = 0
-    rows = iter(held_out.rows)
-    for graft_pixels in held_out.batches():
-        chosen = [next(rows) for _ in range(len(graft_pixels))]
-        theirs = np.stack([mediapipe_pixels(sample_file(r, held_out.data_root), contract["size"])
-                           for r in chosen])
+    files = iter(images.files)
+    for graft_pixels in images.batches():
+        chosen = [next(files) for _ in range(len(graft_pixels))]
+        theirs = np.stack([mediapipe_pixels(f, contract["size"]) for f in chosen])
         ours = np.concatenate(run_batched(engine, graft_pixels, batch)).argmax(1)
         other = np.concatenate(run_batched(engine, theirs, batch)).argmax(1)
         agree += int((ours == other).sum())
         total += len(chosen)
     resize = contract.get("resize", "stretch")
     result = {"mediapipe_resize": MEDIAPIPE_RESIZE, "graft_resize": resize, "images": total,
-              "top1_agreement": agree / total if total else 1.0}
+              "top1_agreement": agree / total if total else 1.0,
+              "agreement_interval": list(wilson(agree, total))}
     if resize == "crop":
         result["note"] = ("MediaPipe stretches the whole image; apps must pass graft's centre crop as "
                           "the region of interest (docs/deploy.md)")

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from graft.report.facts import export_rows, megabytes, number, pct, points, split_totals, \
-    training_stages, wilson_interval
+from graft.report.facts import accuracy_cell, agreement_cell, drop_cell, export_rows, megabytes, number, \
+    pct, points, split_totals, training_stages, wilson_interval
 
 OWNER = "To be completed by the model owner."
 WEIGHT_KEYS = ("source", "package", "version", "file", "license", "sha256", "file_sha256")
@@ -143,8 +143,10 @@ def _metrics(m: dict) -> list:
     return [
         ("Model performance measures", "Top-1 accuracy, and per-label precision, recall and F1 with the "
          "confusion matrix, on the held-out split. Each exported file is run next to the Keras model on "
-         "the same images: top-1 agreement, largest probability difference (max |Δprob|) and accuracy "
-         "change, judged against a budget per precision."),
+         "every usable image of the dataset: top-1 agreement and the largest probability difference "
+         "(max |Δprob|); the accuracy change is measured on the held-out split. Each figure carries its n "
+         "and a 95% interval (Wilson; Newcombe's paired interval for the change), and a budget per "
+         "precision breaks only when the whole interval is past it."),
         ("Decision thresholds", "None: the prediction is the label with the highest probability "
          "(argmax). Scores are softmax probabilities, not calibrated confidences."),
         ("Variation approaches", "One split by a hash of each file's path, no cross-validation. "
@@ -204,9 +206,10 @@ def _fixed(value) -> str:
 
 def _quantitative(m: dict) -> list:
     rows = export_rows(m)
-    exports = Table(["file", "accuracy", "Δ vs Keras", "agreement", "size", "status"],
-                    [[f"{r['format']}:{r['precision']}", pct(r["accuracy"]), points(r["accuracy_drop"]),
-                      pct(r["agreement"]), megabytes(r["size_bytes"]), r["status"]] for r in rows])
+    exports = Table(["file", "held-out accuracy (n, 95% CI)", "Δ vs Keras (95% CI)",
+                     "agreement with Keras (n, 95% CI)", "size", "status"],
+                    [[f"{r['format']}:{r['precision']}", accuracy_cell(r), drop_cell(r),
+                      agreement_cell(r), megabytes(r["size_bytes"]), r["status"]] for r in rows])
     return [
         ("Unitary results", _accuracy_line(m)),
         ("Per label", per_class_table(m)),
@@ -253,8 +256,9 @@ def quantization_notes(m: dict) -> list[str]:
         if r["accuracy"] is None:
             text += "not checked against the Keras model (run `graft verify BUNDLE`)"
         else:
-            text += (f"accuracy {pct(r['accuracy'])} ({points(r['accuracy_drop'])} vs Keras), "
-                     f"top-1 agreement {pct(r['agreement'])}")
+            drop = drop_cell(r)
+            text += (f"held-out accuracy {accuracy_cell(r)}" + (f" ({drop} vs Keras)" if drop != "–" else "")
+                     + f", top-1 agreement with Keras {agreement_cell(r)}")
         if r["size_bytes"] and base.get(r["format"]) and r["precision"] != "float32":
             ratio = base[r["format"]] / r["size_bytes"]
             text += (f", {ratio:.1f}x smaller than float32" if ratio >= 1

@@ -85,6 +85,10 @@ def _export_row(row: dict) -> dict:
         "agreement": number(check.get("top1_agreement")),
         "max_abs_diff": number(check.get("max_abs_diff")),
         "images": number(check.get("images")),
+        "agreement_interval": _pair(check.get("agreement_interval")),
+        "test_images": number(check.get("test_images")),
+        "accuracy_interval": _pair(check.get("accuracy_interval")),
+        "drop_interval": _pair(check.get("drop_interval")),
         "p50_ms": number(speed.get("p50_ms_batch1")),
         "throughput": number(speed.get("throughput_batch32")),
         "threads": number(speed.get("threads")),
@@ -94,6 +98,45 @@ def _export_row(row: dict) -> dict:
         "budget": budget if isinstance(budget, dict) else None,
         "checked_by": "graft verify" if verification else ("export" if parity else None),
     }
+
+
+def _pair(value) -> tuple[float, float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(number(v) is not None for v in value):
+        return float(value[0]), float(value[1])
+    return None
+
+
+def agreement_cell(r: dict) -> str:
+    """'99.23% (n=130, 95.8–99.9%)', or the bare figure of a row recorded without its interval."""
+    if r["agreement"] is None or r["agreement_interval"] is None:
+        return pct(r["agreement"])
+    low, high = r["agreement_interval"]
+    return f"{pct(r['agreement'])} (n={int(r['images'] or 0)}, {pct(low, 1)}–{pct(high, 1)})"
+
+
+def accuracy_cell(r: dict) -> str:
+    """Held-out accuracy with n and interval, or words when too few images to judge it."""
+    from graft.stats import SMALL_N
+
+    if r["accuracy"] is None or r["accuracy_interval"] is None or r["test_images"] is None:
+        return pct(r["accuracy"])
+    n = int(r["test_images"])
+    if n < SMALL_N:
+        return f"not judged (n={n}, too few)"
+    low, high = r["accuracy_interval"]
+    return f"{pct(r['accuracy'])} (n={n}, {pct(low, 1)}–{pct(high, 1)})"
+
+
+def drop_cell(r: dict) -> str:
+    """The change in accuracy from Keras with its paired interval (blank when not judged)."""
+    from graft.stats import SMALL_N
+
+    if r["drop_interval"] is None or r["test_images"] is None:
+        return points(r["accuracy_drop"])
+    if int(r["test_images"]) < SMALL_N:
+        return "–"
+    low, high = r["drop_interval"]
+    return f"{points(r['accuracy_drop'])} ({-high * 100 + 0.0:+.2f} to {-low * 100 + 0.0:+.2f})"
 
 
 def read_splits(bundle_dir: Path) -> dict | None:
@@ -161,14 +204,11 @@ def _predict_with_onnx(bundle_dir: Path, held: list[dict], manifest: dict) -> tu
     return rows, f"{row.get('path')} (run now: the bundle predates recorded predictions)", note
 
 
-def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float] | None:
-    """The Wilson score interval (95% by default) of a proportion; None when total is 0."""
-    if total <= 0:
-        return None
-    p = successes / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+def wilson_interval(successes: int, total: int) -> tuple[float, float] | None:
+    """The 95% Wilson score interval of a proportion (``graft.stats.wilson``); None when total is 0."""
+    from graft.stats import wilson
+
+    return wilson(successes, total) if total > 0 else None
 
 
 def split_totals(manifest: dict) -> dict[str, dict[str, int]]:

@@ -168,11 +168,12 @@ def exports(bundle_dir: Path, m: dict, rows: list[dict]) -> str:
         if r["budget"]:
             status += f"<br><small>budget: {esc(_budget(r['budget']))}</small>"
         cells.append([Path(r["path"]).name, r["format"], r["precision"], facts.megabytes(r["size_bytes"]),
-                      facts.pct(r["accuracy"]), facts.points(r["accuracy_drop"]), facts.pct(r["agreement"]),
+                      facts.accuracy_cell(r), facts.drop_cell(r), facts.agreement_cell(r),
                       "–" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}",
                       "–" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}",
                       "–" if r["throughput"] is None else f"{r['throughput']:.0f}", status])
-    parts = [table(["file", "format", "precision", "size", "accuracy", "Δ vs Keras", "agreement",
+    parts = [table(["file", "format", "precision", "size", "held-out accuracy (n, 95% CI)",
+                    "Δ vs Keras (95% CI)", "agreement (n, 95% CI)",
                     "max |Δprob|", "p50 batch-1 (ms)", "batch-32 (img/s)", "status"],
                    cells, numeric=set(range(3, 10)), css_id="exports-table", raw={10})]
     if any(r["p50_ms"] is None for r in rows):

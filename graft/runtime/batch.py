@@ -103,7 +103,7 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
             device: str = "auto", model_threads: int | None = None, artifact: str | None = None,
             resume: bool = False, overwrite: bool = False, chunk_rows: int | None = None,
             engine: str = "local", address: str | None = None, num_cpus: int | None = None,
-            actors: int | None = None, progress: bool = False) -> JobSummary:
+            actors: int | None = None, progress: bool = False, on_start=None) -> JobSummary:
     """Classify every input once into ``output`` (.csv, .jsonl or .parquet).
 
     Rows are appended in complete, fsynced chunks of ``chunk_rows`` (default:
@@ -117,6 +117,8 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
         output: the result file.
         engine: 'local' (threads here) or 'ray' (Ray Data; ``address`` of a cluster,
             or a local Ray with ``num_cpus``; ``actors`` model replicas).
+        on_start: called with the loaded Classifier once the output is open (e.g. to say
+            which export runs).
         Others: as for ``iter_predictions``.
 
     Returns:
@@ -137,6 +139,8 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
 
             stack.enter_context(ray_job.ray_session(address, num_cpus))
         writer, done = open_output(output, job, resume=resume, overwrite=overwrite)
+        if on_start is not None:
+            on_start(clf)
         todo = [p for p in paths if row_text(p) not in done]
         if engine == "ray":
             results = ray_job.iter_ray_predictions(model, todo, top_k=top_k, batch_size=batch_size,

@@ -1,7 +1,8 @@
 """The Python API: ``Classifier.load(PATH).predict(images, top_k=5)``.
 
-PATH is a bundle directory (its float32 ONNX export by default, checked against
-the sha256 in graft.json) or a single exported file that carries its manifest.
+PATH is a bundle directory (by default its best verified export, in the order
+of ``graft.bundle.choice.PREFERENCE``, checked against the sha256 in
+graft.json) or a single exported file that carries its manifest.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from graft.bundle import find_export, is_bundle, read_manifest
+from graft.bundle import choose_export, is_bundle, read_manifest
 from graft.errors import BundleError, GraftError, IntegrityError
-from graft.runtime.engines import Engine, open_engine, run_batched
+from graft.runtime.engines import Engine, open_engine, run_batched, runnable_formats
 from graft.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageSource, load_batch
 
 
@@ -30,33 +31,36 @@ class Prediction(NamedTuple):
     score: float
 
 
-def parse_artifact(artifact: str | None) -> tuple[str, str]:
-    """'onnx' -> ('onnx', 'float32'); 'tflite:int8' -> ('tflite', 'int8')."""
-    fmt, _, precision = (artifact or "onnx").partition(":")
-    return fmt, precision or "float32"
+class ModelFile(NamedTuple):
+    """A model file to run, the bundle's manifest (None for a single file), the sha256 graft.json
+    records for it, and which export it is and why it was picked (bundles only)."""
+
+    path: Path
+    manifest: dict | None = None
+    sha256: str | None = None
+    artifact: str | None = None
+    reason: str = ""
 
 
-def resolve_model_file(path: str | os.PathLike, artifact: str | None = None) -> tuple[Path, dict | None, str | None]:
-    """Return (model file, bundle manifest or None, expected sha256 or None)."""
+def resolve_model_file(path: str | os.PathLike, artifact: str | None = None) -> ModelFile:
+    """The file to run for a bundle (``artifact``, else its best verified export) or a single file."""
     path = Path(path)
     if path.is_dir():
         if not is_bundle(path):
             raise BundleError(f"{path}: a directory but not a graft bundle (no graft.json)")
         manifest = read_manifest(path)
-        fmt, precision = parse_artifact(artifact)
-        row = find_export(manifest, fmt, precision)
-        if row is None:
-            have = ", ".join(f"{r['format']}:{r['precision']}" for r in manifest.get("exports", [])) or "none"
-            raise BundleError(f"{path}: no {fmt}:{precision} export (exports: {have}); "
-                              f"run `graft export {path} --format {fmt}`")
-        if row.get("status") == "flagged":
-            warnings.warn(f"{path}: the {fmt}:{precision} export is flagged in graft.json "
-                          f"({row.get('flagged', 'it broke its verification budget')})",
+        choice = choose_export(manifest, artifact, runnable_formats(), where=str(path))
+        if choice.row.get("status") == "flagged":
+            warnings.warn(f"{path}: the {choice.key} export is flagged in graft.json "
+                          f"({choice.row.get('flagged', 'it broke its verification budget')})",
                           FlaggedExportWarning, stacklevel=3)
-        return path / row["path"], manifest, row.get("sha256")
+        return ModelFile(path / choice.row["path"], manifest, choice.row.get("sha256"), choice.key, choice.reason)
+    if artifact:
+        raise GraftError(f"--artifact picks one export of a bundle, but {path} is a single model file; "
+                         "leave --artifact out")
     if not path.exists():
         raise BundleError(f"{path}: no such model file or bundle")
-    return path, None, None
+    return ModelFile(path)
 
 
 class Classifier:
@@ -68,6 +72,7 @@ class Classifier:
         labels: class names, in the model's output order.
         contract: the preprocessing contract (size, resize, interpolation...).
         source: the model file's path; sha256: its content hash.
+        artifact: which export of a bundle runs ('onnx:int8'), and choice: why it was picked.
     """
 
     def __init__(self, engine: Engine, manifest: dict, source: str = "",
@@ -79,6 +84,8 @@ class Classifier:
         self.labels: list[str] = list(manifest["labels"])
         self.contract: dict = manifest["preprocessing"]
         self.max_pixels = max_pixels
+        self.artifact: str | None = None
+        self.choice = ""
         _check_input_shape(engine, self.contract, source)
 
     @classmethod
@@ -91,7 +98,8 @@ class Classifier:
             path: a bundle directory, or a .onnx / .tflite file that carries its manifest.
             device: 'auto', 'cpu', 'cuda', 'tensorrt' or 'openvino' (strict unless 'auto').
             model_threads: the engine's threads (onnxruntime intra-op, LiteRT interpreter).
-            artifact: which export of a bundle, FORMAT[:PRECISION] (default 'onnx:float32').
+            artifact: which export of a bundle, FORMAT[:PRECISION] (default: the best verified
+                export, in the order of ``graft.bundle.choice.PREFERENCE``).
             max_pixels: the largest image (width x height, from its header) to decode.
             engine_options: the engine's own options, e.g. ``{"session_config": {...}}``.
 
@@ -103,7 +111,7 @@ class Classifier:
             IntegrityError: a bundle export whose bytes do not match graft.json.
             DeviceError: the device asked for is not available.
         """
-        model_file, manifest, expected_sha = resolve_model_file(path, artifact)
+        model_file, manifest, expected_sha, key, reason = resolve_model_file(path, artifact)
         data = model_file.read_bytes() if model_file.is_file() else None
         if data is None:
             raise BundleError(f"{model_file}: the model file is missing; re-run `graft export`")
@@ -118,12 +126,20 @@ class Classifier:
         if manifest is None:
             raise BundleError(f"{model_file}: the file carries no graft manifest (labels, "
                               "preprocessing); export it with `graft export`")
-        return cls(engine, manifest, str(model_file), max_pixels, sha256=actual)
+        clf = cls(engine, manifest, str(model_file), max_pixels, sha256=actual)
+        clf.artifact, clf.choice = key, reason
+        return clf
 
     # -- properties ---------------------------------------------------------
     @property
     def device(self) -> str:
         return self.engine.device
+
+    def describe_choice(self) -> str:
+        """'exports/model.int8.onnx (onnx:int8: the best verified export; ...)' or the file's path."""
+        name = Path(self.source)
+        shown = f"{name.parent.name}/{name.name}" if self.artifact else str(name)
+        return f"{shown} ({self.artifact}: {self.choice})" if self.artifact else shown
 
     @property
     def input_size(self) -> tuple[int, int]:

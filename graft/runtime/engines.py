@@ -39,6 +39,34 @@ class Engine:
         raise NotImplementedError
 
 
+def allowed_cores() -> int:
+    """The CPU cores this process may use: its affinity mask, capped by a cgroup v2 CPU quota
+    (a container limited to 2 CPUs on a 64-core host gets 2)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def default_threads(threads: int | None) -> int:
+    """An engine's threads: ``threads`` when given, else every allowed core."""
+    return int(threads) if threads else allowed_cores()
+
+
+def runnable_formats() -> tuple[str, ...]:
+    """The model formats this installation can run (tflite needs the litert extra)."""
+    import importlib.util
+
+    formats = ["onnx"]
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        formats.append("tflite")
+    return tuple(formats)
+
+
 def engine_class(suffix: str, path: str | os.PathLike = "") -> type:
     """The engine class registered for ``suffix``; BundleError when none is, or its extra is missing."""
     if suffix not in ENGINES:

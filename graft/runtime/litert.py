@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from graft.errors import BundleError, DeviceError, first_line
-from graft.runtime.engines import Engine, read_model
+from graft.runtime.engines import Engine, default_threads, read_model
 from graft.runtime.tflite_metadata import read_manifest
 
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402  (ImportError: graft[litert] missing)
@@ -34,7 +34,7 @@ class LiteRTEngine(Engine):
             raise DeviceError(f"device {device!r} is not available for .tflite models; "
                               f"allowed: {', '.join(DEVICES)} (LiteRT runs on the CPU here)")
         self.path = Path(path)
-        self.threads = int(threads) if threads else None
+        self.threads = default_threads(threads)  # LiteRT alone would use one thread
         self.data = model_bytes if model_bytes is not None else read_model(self.path)
         self._local = threading.local()
         interpreter = self._interpreter()  # validates the file before anything else

@@ -15,7 +15,7 @@ import numpy as np
 
 from graft.bundle import METADATA_KEY, parse_manifest
 from graft.errors import BundleError, DeviceError, first_line
-from graft.runtime.engines import Engine, read_model
+from graft.runtime.engines import Engine, default_threads, read_model
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 _CPU = "CPUExecutionProvider"
@@ -84,8 +84,8 @@ class OnnxEngine(Engine):
         requested = resolve_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = int(threads)
+        self.threads = default_threads(threads)  # every allowed core, as LiteRT's engine
+        options.intra_op_num_threads = self.threads
         for key, value in (session_config or {}).items():  # e.g. session.intra_op.allow_spinning
             options.add_session_config_entry(key, str(value))
         data = model_bytes if model_bytes is not None else read_model(self.path)

@@ -100,7 +100,7 @@ def load_classifier(model: str | os.PathLike, device: str = "auto",
     """``Classifier.load`` tuned for a pipelined job (no spinning model threads)."""
     with warnings.catch_warnings():  # Classifier.load below warns about a flagged export once
         warnings.simplefilter("ignore", FlaggedExportWarning)
-        model_file, _, _ = resolve_model_file(model, artifact)
+        model_file = resolve_model_file(model, artifact).path
     onnx = model_file.suffix.lower() == ".onnx"
     return Classifier.load(model, device=device, model_threads=model_threads, artifact=artifact,
                            engine_options={"session_config": NO_SPINNING} if onnx else None)

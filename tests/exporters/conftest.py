@@ -36,10 +36,11 @@ def held_out(edge_bundle):
     """(pixels, labels, Keras probabilities) of the bundle's test split."""
     import numpy as np
 
-    from graft.exporters.parity import HeldOut
+    from graft.exporters.parity import CheckImages
 
-    held = HeldOut(edge_bundle)
-    return np.concatenate(list(held.batches())), held.y, held.reference()
+    images = CheckImages(edge_bundle)
+    pixels = np.concatenate(list(images.batches()))
+    return pixels[images.held], images.y[images.held], images.reference()[images.held]
 
 
 @pytest.fixture()

@@ -41,7 +41,7 @@ def test_mediapipe_runs_every_exported_tflite_file(exported_bundle, held_out, ta
     assert agreement >= 0.95
     row = bundle.find_export(manifest, "tflite", target.precision)
     check = row["mediapipe"]
-    assert check["graft_resize"] == "stretch" and check["images"] == len(held_out[1])
+    assert check["graft_resize"] == "stretch" and check["images"] == row["parity"]["images"]
     assert check["top1_agreement"] >= 0.95  # MediaPipe's resize picks the same labels as graft's
 
 
@@ -58,11 +58,11 @@ def test_mediapipe_resize_is_bilinear_without_antialiasing():
 def test_a_crop_contract_is_flagged_for_mediapipe(exported_bundle, tmp_path):
     from models import copy_bundle
     from graft.exporters.mediapipe_check import preprocessing_agreement
-    from graft.exporters.parity import HeldOut
+    from graft.exporters.parity import CheckImages
 
     copy = copy_bundle(exported_bundle, tmp_path / "crop")
     manifest = bundle.read_manifest(copy)
     manifest["preprocessing"]["resize"] = "crop"
     bundle.write_manifest(copy, manifest)
-    result = preprocessing_agreement(copy / "exports" / "model.int8.tflite", HeldOut(copy))
+    result = preprocessing_agreement(copy / "exports" / "model.int8.tflite", CheckImages(copy))
     assert result["graft_resize"] == "crop" and "region of interest" in result["note"]

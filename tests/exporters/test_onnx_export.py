@@ -8,7 +8,7 @@ from graft import bundle
 from graft.errors import ExportError
 from graft.exporters import parity
 from graft.exporters.export import export_onnx
-from graft.exporters.parity import HeldOut
+from graft.exporters.parity import CheckImages
 from graft.runtime import Classifier
 
 
@@ -28,11 +28,12 @@ def test_onnx_file_is_valid_self_describing_and_recorded(built_bundle):
     assert row["options"] == {"opset": 17, "dynamic_batch": True}
     parity = row["parity"]
     assert parity["passed"] and parity["top1_agreement"] == 1.0 and parity["max_abs_diff"] <= 1e-4
-    assert parity["images"] == manifest["dataset"]["split_counts"]["test"]
+    counts = manifest["dataset"]["split_counts"]
+    assert parity["images"] == sum(counts.values()) and parity["test_images"] == counts["test"]
 
 
 def test_runtime_matches_keras_on_any_batch_size(built_bundle):
-    held = HeldOut(built_bundle, split="train")
+    held = CheckImages(built_bundle)
     pixels, reference = np.concatenate(list(held.batches())), held.reference()
     clf = Classifier.load(built_bundle)
     for batch in (1, 7, len(pixels)):

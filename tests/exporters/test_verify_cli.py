@@ -27,9 +27,12 @@ def verified(exported_bundle, tmp_path_factory):
 def test_verify_prints_one_table_and_writes_it(verified):
     out, result = verified
     assert result.exit_code == 0, result.output
-    for column in ("format", "precision", "size (MB)", "top-1 acc", "agreement", "max |Δprob|",
-                   "p50 batch-1 (ms)", "batch-32 (img/s)"):
+    for column in ("format", "precision", "size (MB)", "agreement (n, 95% CI)", "held-out accuracy",
+                   "max |Δprob|", "p50 batch-1 (ms)", "batch-32 (img/s)"):
         assert column in result.output
+    counts = bundle.read_manifest(out)["dataset"]["split_counts"]
+    assert f"Agreement with Keras on {sum(counts.values())} images; accuracy on {counts['test']} test" \
+        in result.output
     report = json.loads((out / "verify.json").read_text())
     assert report["passed"] and report["threads"] == 1
     keys = [(r["format"], r["precision"]) for r in report["rows"]]

@@ -53,9 +53,18 @@ def test_export_rows_prefer_verification_and_keep_the_budget():
     notes = quantization_notes(manifest(exports=[{"format": "onnx", "precision": "float32", "size_bytes": 40},
                                                  {"format": "onnx", "precision": "int8", "size_bytes": 10,
                                                   "parity": parity, "status": "ok"}]))
-    assert notes[1] == ("onnx:int8: accuracy 90.00% (+0.00 pt vs Keras), top-1 agreement 100.00%, "
-                        "4.0x smaller than float32.")
+    assert notes[1] == ("onnx:int8: held-out accuracy 90.00% (+0.00 pt vs Keras), top-1 agreement with "
+                        "Keras 100.00%, 4.0x smaller than float32.")
     assert "not checked against the Keras model" in notes[0]
+    measured = {**parity, "images": 130, "agreement_interval": [0.9713, 1.0], "test_images": 40,
+                "accuracy_interval": [0.77, 0.96], "drop_interval": [-0.05, 0.06]}
+    notes = quantization_notes(manifest(exports=[{"format": "onnx", "precision": "int8", "size_bytes": 10,
+                                                  "parity": measured, "status": "ok"}]))
+    assert notes[0] == ("onnx:int8: held-out accuracy 90.00% (n=40, 77.0%–96.0%) (+0.00 pt (-6.00 to +5.00) "
+                        "vs Keras), top-1 agreement with Keras 100.00% (n=130, 97.1%–100.0%).")
+    few = quantization_notes(manifest(exports=[{"format": "onnx", "precision": "int8", "size_bytes": 10,
+                                                "parity": {**measured, "test_images": 11}, "status": "ok"}]))
+    assert "held-out accuracy not judged (n=11, too few), top-1 agreement" in few[0]
 
 
 def test_wilson_interval():

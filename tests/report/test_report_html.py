@@ -122,14 +122,16 @@ def test_exports_table_matches_the_manifest(report):
     for cells in rows:
         row = by_name[cells[0]]
         check, speed = row["verification"], row["speed"]
-        assert cells[4] == f"{check['accuracy'] * 100:.2f}%"
-        assert cells[6] == f"{check['top1_agreement'] * 100:.2f}%"
+        assert cells[4] == f"not judged (n={check['test_images']}, too few)"  # a tiny test split
+        low, high = check["agreement_interval"]
+        assert cells[6] == (f"{check['top1_agreement'] * 100:.2f}% (n={check['images']}, "
+                            f"{low * 100:.1f}%–{high * 100:.1f}%)")
         assert cells[7] == f"{check['max_abs_diff']:.1e}"
         assert cells[8] == f"{speed['p50_ms_batch1']:.2f}" and cells[9] == f"{speed['throughput_batch32']:.0f}"
         assert cells[10].startswith(row["status"]) and "budget: agreement ≥" in cells[10]
     chart = next(img for img in page.images if img.get("id") == "exports-chart")
     assert min(png_size(chart["src"])) > 200
-    assert "onnx:int8: accuracy" in text and "top-1 agreement" in text  # quantization effects
+    assert "onnx:int8: held-out accuracy" in text and "top-1 agreement" in text  # quantization effects
 
 
 def test_model_card_written_beside_the_report(report):
@@ -139,7 +141,8 @@ def test_model_card_written_beside_the_report(report):
     assert positions == sorted(positions)
     assert "_To be completed by the model owner._" in card
     assert "<b>" not in card and "red &lt;b&gt;&amp;amp;" in card   # inert in Markdown renderers too
-    assert re.search(r"onnx:int8: accuracy [0-9.]+% \([+-][0-9.]+ pt vs Keras\), top-1 agreement", card)
+    assert re.search(r"onnx:int8: held-out accuracy not judged \(n=\d+, too few\), top-1 agreement with "
+                     r"Keras [0-9.]+% \(n=\d+, [0-9.]+%–[0-9.]+%\)", card)
     assert bundle.read_manifest(copy)["backbone"]["weights"]["sha256"] in card
     for title in MODEL_CARD_SECTIONS:
         assert f"<h3>{title}</h3>" in text

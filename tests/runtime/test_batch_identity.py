@@ -47,7 +47,7 @@ def test_a_foreign_file_without_a_final_newline_is_not_cut(tmp_path, images):
 
 
 def test_checking_many_images_needs_no_more_memory_than_a_few(tmp_path, monkeypatch):
-    """The held-out split streams in batches: peak traced memory stays flat as images grow."""
+    """The check's images stream in batches: peak traced memory stays flat as images grow."""
     import tracemalloc
 
     from graft import bundle
@@ -64,7 +64,7 @@ def test_checking_many_images_needs_no_more_memory_than_a_few(tmp_path, monkeypa
         rows = [{"path": f"{i}.png", "file": str(files[i % 3]), "label": manifest["labels"][i % 3],
                  "split": "test"} for i in range(count)]
         bundle.write_splits(tmp_path / "b", tmp_path / "img", rows)
-        held = parity.HeldOut(tmp_path / "b")
+        held = parity.CheckImages(tmp_path / "b", limit=None)
         tracemalloc.start()
         probs = parity.run_file(model, held)
         _, top = tracemalloc.get_traced_memory()

@@ -32,7 +32,8 @@ def load_repository(path, config: ServerConfig):
     """Load the model file, bundle or ``NAME/VERSION/`` repository at ``path`` as ``config`` says."""
     from graft.runtime.server.repository import load_repository as _load
 
-    return _load(path, device=config.device, model_threads=config.model_threads, max_pixels=config.max_pixels)
+    return _load(path, device=config.device, model_threads=config.model_threads, max_pixels=config.max_pixels,
+                 artifacts=config.artifacts)
 
 
 def uvicorn_config(app, config: ServerConfig):
@@ -86,6 +87,8 @@ def serve(path, config: ServerConfig | None = None, echo=print) -> None:
     host, port = sock.getsockname()[:2]
     models = ", ".join(f"{e.name}:{e.version}" for e in repository.entries())
     server = _draining_server_class()(uvicorn_config(app, config), routes.state, config.drain_timeout_s)
+    for entry in repository.entries():
+        echo(f"model {entry.name}:{entry.version} runs {entry.classifier.describe_choice()}")
     echo(f"serving {models} on http://{host if ':' not in host else f'[{host}]'}:{port}")
     sys.stdout.flush()
     server.run(sockets=[sock])

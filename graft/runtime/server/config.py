@@ -42,6 +42,7 @@ class ServerConfig:
     limit_concurrency: int | None = 1024  # open connections served; a request on one more gets 503
     drain_timeout_s: float = 30.0     # after SIGTERM, wait at most this long for in-flight requests
     log_level: str = "info"
+    artifacts: tuple[str, ...] = ()  # which export of a bundle: 'FORMAT:PRECISION' or 'NAME=FORMAT:PRECISION'
 
     @property
     def batch_limit(self) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graft.bundle import is_bundle
+from graft.bundle import is_bundle, read_manifest
 from graft.errors import BundleError
 from graft.runtime.classifier import Classifier
 from graft.runtime.server.errors import NotFound
@@ -97,8 +97,23 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def parse_artifacts(artifacts) -> tuple[str | None, dict[str, str]]:
+    """``--artifact`` values: 'FORMAT:PRECISION' for every bundle, 'NAME=FORMAT:PRECISION' for one model."""
+    default, per_model = None, {}
+    for item in artifacts or ():
+        name, sep, artifact = item.partition("=")
+        if sep:
+            per_model[name.strip()] = artifact.strip()
+        elif default is not None and default != item:
+            raise BundleError(f"--artifact {item}: a second default (the first was {default}); name the "
+                              "model it is for as NAME=FORMAT:PRECISION")
+        else:
+            default = item.strip()
+    return default, per_model
+
+
 def load_repository(path: str | Path, device: str = "auto", model_threads: int | None = None,
-                    max_pixels: int | None = None) -> Repository:
+                    max_pixels: int | None = None, artifacts=()) -> Repository:
     """Load every model under ``path`` (see the module docstring for the layouts).
 
     Args:
@@ -106,16 +121,33 @@ def load_repository(path: str | Path, device: str = "auto", model_threads: int |
         device: "auto", "cpu", "cuda", "tensorrt" or "openvino", as ``Classifier.load`` takes it.
         model_threads: ONNX Runtime intra-op (or LiteRT) threads per model; None lets the engine choose.
         max_pixels: the largest image (width x height) each model will decode.
+        artifacts: which export of a bundle runs ('FORMAT:PRECISION', or 'NAME=FORMAT:PRECISION'
+            for one model); by default each bundle's best verified export.
     """
     path = Path(path)
-    load = lambda p: Classifier.load(p, device=device, model_threads=model_threads,  # noqa: E731
-                                     max_pixels=max_pixels)
+    default, per_model = parse_artifacts(artifacts)
+
+    def load(p: Path, name: str | None = None) -> Classifier:
+        artifact = per_model.get(name, default) if p.is_dir() else per_model.get(name)
+        return Classifier.load(p, device=device, model_threads=model_threads, max_pixels=max_pixels,
+                               artifact=artifact)
+
     if not path.exists():
         raise BundleError(f"{path}: no such model file, bundle or repository")
-    if path.is_file() or is_bundle(path):
+    if path.is_file():
+        if default or per_model:
+            raise BundleError(f"--artifact picks one export of a bundle, but {path} is a single model "
+                              "file; leave --artifact out")
         clf = load(path)
-        name = _model_name(clf.manifest.get("name"), path.stem if path.is_file() else path.name, path)
+        name = _model_name(clf.manifest.get("name"), path.stem, path)
         return Repository({name: {"1": ModelEntry(name, "1", clf)}})
+    if is_bundle(path):
+        name = _model_name(read_manifest(path).get("name"), path.name, path)
+        _check_names(per_model, [name])
+        return Repository({name: {"1": ModelEntry(name, "1", load(path, name))}})
+    names = [_model_name(d.name, d.name, d) for d in sorted(p for p in path.iterdir()
+                                                             if p.is_dir() and not p.name.startswith("."))]
+    _check_names(per_model, names)
     models: dict[str, dict[str, ModelEntry]] = {}
     for model_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         name = _model_name(model_dir.name, model_dir.name, model_dir)
@@ -129,8 +161,15 @@ def load_repository(path: str | Path, device: str = "auto", model_threads: int |
         if not versions:
             raise BundleError(f"{model_dir}: a model folder needs version folders such as "
                               f"{model_dir.name}/1/ holding a bundle or a .onnx file")
-        models[name] = {v: ModelEntry(name, v, load(_version_model(d))) for v, d in versions.items()}
+        models[name] = {v: ModelEntry(name, v, load(_version_model(d), name)) for v, d in versions.items()}
     return Repository(models)
+
+
+def _check_names(per_model: dict[str, str], names: list[str]) -> None:
+    unknown = sorted(set(per_model) - set(names))
+    if unknown:
+        raise BundleError(f"--artifact {unknown[0]}={per_model[unknown[0]]}: no model named {unknown[0]!r}; "
+                          f"models: {', '.join(names)}")
 
 
 def _version_model(directory: Path) -> Path:

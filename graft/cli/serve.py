@@ -50,6 +50,9 @@ INSTANCES = InstancesType()
 @click.option("--model-threads", type=click.IntRange(1, 1024), default=None,
               help="Threads per instance: onnxruntime intra-op or LiteRT interpreter (default: 1 with "
               "--instances auto, else cores / instances).")
+@click.option("--spin-wait/--no-spin-wait", default=False, show_default=True,
+              help="Let onnxruntime's idle threads spin between calls (CPU): a little lower latency "
+              "with several threads per instance, CPU taken from the other instances.")
 @click.option("--max-body-mb", type=click.FloatRange(0.001, 4096), default=32, show_default=True,
               help="Largest request body; bigger ones get 413.")
 @click.option("--max-pixels", type=click.IntRange(1), default=50_000_000, show_default=True,

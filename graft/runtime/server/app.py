@@ -138,6 +138,7 @@ class Server:
             "inputs": [{"name": entry.input_name, "datatype": entry.datatype, "shape": entry.input_shape}],
             "outputs": [{"name": entry.output_name, "datatype": "FP32", "shape": [-1, len(entry.labels)]}],
             "instances": {"threads": entry.batcher.plan.threads, "plan": entry.batcher.plan.reason,
+                          "spin_wait": self.config.spin_wait,
                           **entry.batcher.pool.describe()},
             "batching": entry.batcher.decision,
         })

@@ -34,7 +34,7 @@ def entry_plan(entry: ModelEntry, config: ServerConfig) -> InstancePlan:
     return plan_instances(config.instances, config.model_threads, entry.classifier.device)
 
 
-def load_instance(classifier: Classifier, plan: InstancePlan, device: str) -> Classifier:
+def load_instance(classifier: Classifier, plan: InstancePlan, device: str, spin: bool = False) -> Classifier:
     """A copy of ``classifier`` with an engine of its own (own session, own threads)."""
     source = Path(classifier.source)
     data = source.read_bytes()
@@ -42,7 +42,7 @@ def load_instance(classifier: Classifier, plan: InstancePlan, device: str) -> Cl
         raise IntegrityError(f"{source}: the model file changed since the server loaded it; "
                              "restart the server to serve the new file")
     options = {}
-    if source.suffix.lower() == ".onnx" and classifier.device not in GPU_DEVICES:
+    if source.suffix.lower() == ".onnx" and classifier.device not in GPU_DEVICES and not spin:
         options["session_config"] = CPU_SESSION_CONFIG
     clone = copy.copy(classifier)
     clone.engine = open_engine(source, device=device, threads=plan.threads, model_bytes=data, **options)
@@ -56,10 +56,10 @@ def make_batcher(entry: ModelEntry, config: ServerConfig, on_batch=None) -> Batc
     limit = config.batch_limit
 
     def load(index: int) -> Callable[[np.ndarray], np.ndarray]:
-        clone = load_instance(entry.classifier, plan, config.device)
+        clone = load_instance(entry.classifier, plan, config.device, config.spin_wait)
         return lambda pixels: clone.predict_pixels(pixels, limit)
 
-    clones = [load_instance(entry.classifier, plan, config.device) for _ in range(plan.count)]
+    clones = [load_instance(entry.classifier, plan, config.device, config.spin_wait) for _ in range(plan.count)]
     entry.classifier.engine = clones[0].engine  # the repository's own engine is not kept
     runners = [lambda pixels, c=c: c.predict_pixels(pixels, limit) for c in clones]
     pool = InstancePool(runners, load, name=name)
@@ -95,7 +95,7 @@ async def decide_batching(entry: ModelEntry, config: ServerConfig) -> dict:
 
 def _measure(entry: ModelEntry, config: ServerConfig) -> dict:
     """Time a throw-away instance, so the probe's batch buffers leave no memory behind."""
-    probe = load_instance(entry.classifier, entry.batcher.plan, config.device)
+    probe = load_instance(entry.classifier, entry.batcher.plan, config.device, config.spin_wait)
     height, width = probe.input_size
     pixels = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
     shape = probe.engine.input_shape

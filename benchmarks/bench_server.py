@@ -1,7 +1,7 @@
 """`graft serve` against a server built as a tuned KServe is: req/s, p50/p99, CPU and memory.
 
     python benchmarks/bench_server.py [--model BUNDLE] [--rounds 4] [--duration 8]
-        [--variant NAME=ARGS ...] [--kserve-python PATH]
+        [--variant NAME=ARGS ...]
 
 Without --model it makes a bundle with `graft build` + `graft export`
 (EfficientNet-Lite0, 224x224, ONNX float32; benchmarks/common.py; needs
@@ -10,12 +10,13 @@ graft[build]) once, under --workdir.
 The peer ("tuned-peer") is written here: the architecture of a KServe tuned for
 this machine, i.e. `uvicorn --workers 2` (one process per core), each process
 with one onnxruntime session of one thread, decoding JPEGs with PIL's draft
-mode, no access log, answering the same model's top label as JSON. With
---kserve-python (a Python where `pip install kserve` worked) KServe itself runs
-the same model the same way (2 workers x 1 thread, draft decode) as a third
-server.
+mode, no access log, answering the same model's top label as JSON. KServe
+itself is not run: its REST server binds 0.0.0.0 (hard-coded in KServe 0.21),
+and this benchmark keeps every server on the loopback interface.
+--variant runs further `graft serve` configurations in the same rounds (e.g.
+one instance of two threads), to compare them.
 
-The load is wrk (closed loop: each of c connections sends the next request
+The load is wrk (apt-get install -y wrk; closed loop: each of c connections sends the next request
 when its answer arrives) posting one 640x480 JPEG to each server's
 image-upload route, for c = 1, 8, 32. Each round starts every server afresh,
 then runs every concurrency on every server, the servers' order rotating from
@@ -51,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from common import bench_bundle, photo_jpegs, write_results  # noqa: E402
-from server_peers import KSERVE_SCRIPT, PEER_ENV  # noqa: E402
+from server_peers import PEER_ENV  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 TARGETS = {"rps_vs_peer_c8": 1.2, "rps_vs_peer_c32": 1.2, "p99_vs_peer_c32": 0.6, "rps_c1": 147.0,
@@ -165,6 +166,7 @@ class Server:
         raise SystemExit(f"{self.label} was not ready within {timeout} s")
 
     def stop(self) -> None:
+        children = tree(self.process.pid)[1:]
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -172,6 +174,11 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        for pid in children:  # uvicorn's workers, should the supervisor have left any
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
 
 
 def graft_server(label: str, model: Path, extra: list[str]) -> Server:
@@ -191,15 +198,6 @@ def peer_server(onnx: Path, labels: list[str]) -> Server:
     command = [sys.executable, "-m", "uvicorn", "server_peers:peer_app", "--factory", "--app-dir", str(HERE),
                "--port", "{port}", "--workers", "2", "--no-access-log", "--log-level", "warning"]
     return Server("tuned-peer", command, "/classify",
-                  {PEER_ENV: json.dumps({"model": str(onnx), "labels": labels})})
-
-
-def kserve_server(python: str, onnx: Path, labels: list[str], workdir: Path) -> Server:
-    script = workdir / "kserve_peer.py"
-    script.write_text(KSERVE_SCRIPT)
-    command = [python, str(script), "--http_port", "{port}", "--workers", "2", "--model_name", "m",
-               "--log_config_file", str(workdir / "kserve_log.json")]
-    return Server("kserve", command, "/v1/models/m:predict",
                   {PEER_ENV: json.dumps({"model": str(onnx), "labels": labels})})
 
 
@@ -271,13 +269,15 @@ def parse_args():
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                         help="Another graft serve configuration to run, e.g. 'one-instance=--instances 1'.")
-    parser.add_argument("--kserve-python", default=os.environ.get("KSERVE_PYTHON"),
-                        help="A Python with kserve installed: KServe itself runs as a third server.")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    import shutil
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("this benchmark drives the servers with wrk: apt-get install -y wrk")
     from graft.bundle import find_export, read_manifest
 
     model = (args.model or bench_bundle(args.workdir)).resolve()
@@ -293,14 +293,14 @@ def main() -> None:
     for variant in args.variant:
         name, _, extra = variant.partition("=")
         makers[name] = lambda extra=extra, name=name: graft_server(name, model, shlex.split(extra))
-    if args.kserve_python:
-        makers["kserve"] = lambda: kserve_server(args.kserve_python, onnx, manifest["labels"], args.workdir)
     runs: dict[tuple[str, int], list[dict]] = {}
     labels = list(makers)
     for round_index in range(args.rounds):
         order = labels[round_index % len(labels):] + labels[:round_index % len(labels)]
-        servers = [makers[label]() for label in order]
+        servers = []
         try:
+            for label in order:
+                servers.append(makers[label]())
             for server in servers:
                 wrk(server, body, script, 8, 2)  # warm up
             for concurrency in args.concurrency:

@@ -5,11 +5,9 @@
 one onnxruntime session with one thread and, in its request handler, decodes
 the JPEG in PIL's draft mode, resizes it to the model's input, runs the model and
 answers the top label as JSON (as a KServe model whose ``predict`` is a plain
-function: it runs on the worker's event loop). ``KSERVE_SCRIPT`` is the same
-model as a real KServe ``Model``, served by ``kserve.ModelServer`` (raw JPEG
-bodies on the v1 predict route reach ``predict`` as bytes).
+function: it runs on the worker's event loop).
 
-Both read their settings (the ONNX file, the labels) as JSON from the
+It reads its settings (the ONNX file, the labels) as JSON from the
 environment variable named by ``PEER_ENV``.
 """
 
@@ -66,60 +64,3 @@ def peer_app():
 
     return Starlette(routes=[Route("/classify", classify, methods=["POST"]),
                              Route("/v2/health/ready", ready)])
-
-
-KSERVE_SCRIPT = '''
-"""KServe serving one ONNX model: 2 workers (argv), one onnxruntime thread each, draft decode."""
-import copy, io, json, os
-
-import kserve
-import numpy as np
-import onnxruntime as ort
-from PIL import Image
-
-
-class Top1(kserve.Model):
-    def __init__(self, name, settings):
-        super().__init__(name)
-        self.settings = settings
-        self.load()
-
-    def load(self):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(self.settings["model"], options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0]
-        self.height, self.width = self.input.shape[1:3]
-        self.ready = True
-
-    def __getstate__(self):  # the workers are spawned: each loads its own session
-        state = dict(self.__dict__)
-        state.pop("session", None)
-        state.pop("input", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.load()
-
-    def predict(self, payload, headers=None):
-        image = Image.open(io.BytesIO(payload))
-        image.draft("RGB", (self.width, self.height))
-        image = image.convert("RGB").resize((self.width, self.height), Image.BILINEAR)
-        probs = self.session.run(None, {self.input.name: np.asarray(image, np.float32)[None]})[0][0]
-        top = int(probs.argmax())
-        return {"predictions": [{"label": self.settings["labels"][top], "score": float(probs[top])}]}
-
-
-if __name__ == "__main__":
-    settings = json.loads(os.environ["%s"])
-    args, _ = kserve.model_server.parser.parse_known_args()
-    config = copy.deepcopy(kserve.logging.KSERVE_LOG_CONFIG)
-    config["loggers"]["uvicorn.access"]["level"] = "WARNING"  # access log off
-    with open(args.log_config_file, "w") as file:
-        json.dump(config, file)
-    kserve.logging.configure_logging(args.log_config_file)
-    kserve.ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False,
-                       enable_latency_logging=False, access_log_format=None).start([Top1(args.model_name, settings)])
-''' % PEER_ENV

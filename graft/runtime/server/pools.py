@@ -57,11 +57,12 @@ def make_batcher(entry: ModelEntry, config: ServerConfig, on_batch=None) -> Batc
 
     def load(index: int) -> Callable[[np.ndarray], np.ndarray]:
         clone = load_instance(entry.classifier, plan, config.device, config.spin_wait)
-        return lambda pixels: clone.predict_pixels(pixels, limit)
+        run = lambda pixels: clone.predict_pixels(pixels, limit)  # noqa: E731
+        run.engine = clone.engine
+        return run
 
-    clones = [load_instance(entry.classifier, plan, config.device, config.spin_wait) for _ in range(plan.count)]
-    entry.classifier.engine = clones[0].engine  # the repository's own engine is not kept
-    runners = [lambda pixels, c=c: c.predict_pixels(pixels, limit) for c in clones]
+    runners = [load(index) for index in range(plan.count)]
+    entry.classifier.engine = runners[0].engine  # the repository's own engine is not kept
     pool = InstancePool(runners, load, name=name)
     batcher = Batcher(max_batch_size=1, max_queue_delay_s=config.max_queue_delay_ms / 1000,
                       max_queue=config.max_queue, name=name, on_batch=on_batch, pool=pool)

@@ -74,6 +74,8 @@ class Batcher:
     def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray] | None = None, max_batch_size: int = 32,
                  max_queue_delay_s: float = 0.002, max_queue: int = 256, name: str = "model",
                  on_batch: Callable[[BatchStats], None] | None = None, pool: InstancePool | None = None):
+        if pool is None and run_batch is None:
+            raise ValueError("a Batcher needs run_batch (one instance) or a pool of instances")
         self.pool = pool or InstancePool([run_batch], name=name)
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_queue_delay_s = max(0.0, float(max_queue_delay_s))

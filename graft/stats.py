@@ -73,7 +73,9 @@ def _phi(a: int, b: int, c: int, d: int) -> float:
 
 
 def interval_text(low: float, high: float, scale: float = 100.0, unit: str = "%", digits: int = 1) -> str:
-    """'95% CI 83.9-100.0%' style text."""
+    """'95% CI 83.9–100.0%', or '95% CI -8.57 to +8.57 pt' when a bound is negative."""
+    if low < 0:
+        return f"95% CI {low * scale:+.{digits}f} to {high * scale:+.{digits}f}{unit}"
     return f"95% CI {low * scale:.{digits}f}–{high * scale:.{digits}f}{unit}"
 
 
@@ -91,8 +93,7 @@ def accuracy_text(result: dict) -> str:
     if n is None:  # a result recorded before intervals were kept
         return f"{result['accuracy']:.2%} (keras {result['keras_accuracy']:.2%})"
     if n < SMALL_N:
-        return (f"not judged: {n} held-out image{'s' if n != 1 else ''} are too few to tell accuracy "
-                f"(at least {SMALL_N} needed); agreement on all images carries the verdict")
+        return f"not judged (n={n} held-out images, too few: {SMALL_N} needed)"
     low, high = result["accuracy_interval"]
     d_low, d_high = result["drop_interval"]
     return (f"{result['accuracy']:.2%} (n={n}, {interval_text(low, high)}), drop from Keras "

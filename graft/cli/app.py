@@ -37,8 +37,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """graft: a folder of pictures in, a classifier that runs anywhere out."""
     ctx.obj = {"debug": debug}
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logs, when a command loads it
-    if not debug:
+    if debug:
+        os.environ["GRAFT_DEBUG"] = "1"  # graft.quiet shows the native start-up lines it captured
+    else:
         warnings.showwarning = _show_warning
+
 
 
 def main() -> None:

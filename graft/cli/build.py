@@ -49,7 +49,8 @@ from graft.builder.backbones.registry import DEFAULT as DEFAULT_BACKBONE
 @click.option("--decode-threads", type=click.IntRange(1, 256), default=None,
               help="Threads reading and decoding images (default: CPUs, at most 8; on Ray, per actor).")
 @click.option("--model-threads", type=click.IntRange(1, 256), default=None,
-              help="onnxruntime threads (default: onnxruntime's choice; on Ray, the actor's CPU share).")
+              help="onnxruntime threads (default: every core this process may use; on Ray, the "
+              "actor's CPU share).")
 @click.option("--fine-tune", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="After the head, train the top N blocks of the backbone with it, end to end on "
               "the images (0: head only). Blocks are the backbone's own (EfficientNet: stem, block1a "
@@ -79,7 +80,9 @@ def build(data, out, **options):
     """Train a new head on a frozen backbone from DATA (class folders or a path,label CSV)."""
     from graft.builder.build import BuildOptions, build_bundle
     from graft.cli.report import after_change
+    from graft.quiet import import_tensorflow
 
+    import_tensorflow()  # without its C++ start-up lines (shown under --debug)
     had_report = Path(out, "report.html").is_file()  # the rebuilt bundle replaces the old one whole
     manifest = build_bundle(data, out, BuildOptions(**options))
     print_build_summary(out, manifest)
@@ -138,7 +141,9 @@ def features_line(extraction: dict) -> str:
 def demo(out):
     """Offline end to end: sample images -> build -> export -> predict."""
     from graft.demo import run_demo
+    from graft.quiet import import_tensorflow
 
+    import_tensorflow()
     run_demo(out, echo=click.echo)
 
 

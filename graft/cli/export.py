@@ -93,7 +93,9 @@ def export(bundle_dir, fmt, precisions, opset, calibration_size, calibration_met
     from graft.exporters import registry
     from graft.exporters.export import export_bundle
     from graft.exporters.options import ExportOptions
+    from graft.quiet import import_tensorflow
 
+    import_tensorflow()  # without its C++ start-up lines (shown under --debug)
     options = ExportOptions(opset=opset, calibration_size=calibration_size,
                             calibration_method=calibration_method, io_dtype=io_dtype,
                             exclude_nodes=[n.strip() for n in exclude_nodes.split(",") if n.strip()],
@@ -127,6 +129,9 @@ def verify(bundle_dir, model_threads, no_speed, data_root, **budget_flags):
 
     from graft.cli.report import after_change
 
+    from graft.quiet import import_tensorflow
+
+    import_tensorflow()
     settings = check_settings(**budget_flags)
     report = verify_bundle(bundle_dir, settings.pop("budgets"), data_root, model_threads, not no_speed, **settings)
     after_change(bundle_dir)

@@ -104,11 +104,19 @@ def tflite_layer_errors(ctx) -> list[dict]:
 
     from graft.exporters.tflite import int8_converter, representative
 
+    import warnings
+
+    from graft.quiet import native_output
+
     pixels, _ = ctx.calibration()
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=int8_converter(ctx, "float32", allow_float=True),
-        debug_dataset=representative(pixels[:64]))
-    debugger.run()
+    # The debugger converts (printing its settings to stdout) and runs TensorFlow's own
+    # interpreter, whose deprecation notice is TensorFlow's business, not the user's.
+    with native_output((1, 2)), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=int8_converter(ctx, "float32", allow_float=True),
+            debug_dataset=representative(pixels[:64]))
+        debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)
     rows = []

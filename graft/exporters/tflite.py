@@ -50,7 +50,10 @@ def representative(pixels: np.ndarray):
 
 def _convert(conv, what: str) -> bytes:
     try:
-        return bytes(conv.convert())
+        from graft.quiet import native_output
+
+        with native_output((1, 2)):  # the converter prints its settings to stdout
+            return bytes(conv.convert())
     except Exception as exc:
         raise ExportError(f"the TFLite converter could not produce the {what} model: "
                           f"{first_line(exc, 300)}") from exc

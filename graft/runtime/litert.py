@@ -37,7 +37,10 @@ class LiteRTEngine(Engine):
         self.threads = default_threads(threads)  # LiteRT alone would use one thread
         self.data = model_bytes if model_bytes is not None else read_model(self.path)
         self._local = threading.local()
-        interpreter = self._interpreter()  # validates the file before anything else
+        from graft.quiet import native_output
+
+        with native_output((2,)):  # LiteRT announces its XNNPACK delegate on stderr
+            interpreter = self._interpreter()  # validates the file before anything else
         self.input = interpreter.get_input_details()[0]
         self.output = interpreter.get_output_details()[0]
         signature = tuple(int(d) for d in self.input["shape_signature"])
@@ -77,6 +80,8 @@ def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
     if dtype.kind == "f":
         return np.ascontiguousarray(values, dtype=dtype)
     scale, zero_point = detail["quantization"]
+    if values.dtype == dtype and scale in (0.0, 1.0) and zero_point == 0:
+        return np.ascontiguousarray(values)  # uint8 pixels into a uint8 input of scale 1: as they are
     scaled = values.astype(np.float32)
     if scale:
         scaled = np.rint(scaled / scale) + zero_point

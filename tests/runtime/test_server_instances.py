@@ -207,3 +207,41 @@ def test_bad_instances_values_are_refused(value):
     result = CliRunner().invoke(serve, ["model.onnx", "--instances", value])
     assert result.exit_code == 2
     assert "expected 'auto' or a whole number from 1 to 256" in result.output
+
+
+def test_a_slow_upload_holds_up_no_other_request(color_onnx):
+    """A request joins the queue only once its body is in: one instance still serves others."""
+    import socket
+
+    from server_harness import raw_request
+
+    with thread_server(color_onnx, instances=1, max_batch_size=1) as (server, _):
+        body = image_bytes("red")
+        request = raw_request("POST", "/v2/models/colors/classify", body)
+        with socket.create_connection(("127.0.0.1", server.port)) as slow:
+            slow.sendall(request[:-len(body) // 2])  # headers and half of the body, then nothing
+            answers = post_all(server.url, ["green", "blue"])
+            assert [(a.status_code, label(a)) for a in answers] == [(200, "green"), (200, "blue")]
+            slow.sendall(request[-len(body) // 2:])
+            slow.settimeout(10)
+            answer = b""
+            while b'"results"' not in answer:
+                answer += slow.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_more_instances_than_cores_start_with_a_warning(color_onnx):
+    from graft.runtime.server.instances import usable_cores
+
+    from server_harness import ServerProcess
+
+    count = usable_cores() + 1
+    server = ServerProcess(color_onnx, "--instances", str(count), "--model-threads", "1")
+    try:
+        meta = httpx.get(server.url + "/v2/models/colors", timeout=10).json()
+        assert meta["instances"]["count"] == count
+    finally:
+        server.terminate()
+    log = server.process.stderr.read()
+    assert (f"model colors:1: {count} instance(s) x 1 thread(s) oversubscribe the {count - 1} core(s) "
+            "this process may use") in log

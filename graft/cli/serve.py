@@ -46,10 +46,10 @@ INSTANCES = InstancesType()
               "bundle's best verified export, as `graft predict`).")
 @click.option("--instances", type=INSTANCES, default="auto", show_default=True,
               help="Engines per model version, each with its own threads; a request runs on a free one. "
-              "auto: on the CPU one per two cores, two threads each (with --model-threads T, cores / T); "
+              "auto: on the CPU one per core, one thread each (with --model-threads T, cores / T); "
               "on a GPU one.")
 @click.option("--model-threads", type=click.IntRange(1, 1024), default=None,
-              help="Threads per instance: onnxruntime intra-op or LiteRT interpreter (default: 2 with "
+              help="Threads per instance: onnxruntime intra-op or LiteRT interpreter (default: 1 with "
               "--instances auto, else cores / instances).")
 @click.option("--spin-wait/--no-spin-wait", default=False, show_default=True,
               help="Let onnxruntime's idle threads spin between calls (CPU): a little lower latency "

@@ -191,10 +191,9 @@ def test_the_decision_is_served_and_max_batch_size_overrides_it(color_onnx, size
 # ------------------------------------------------------------------ the plan
 def test_instance_plans_fill_the_cores_and_warn_when_oversubscribed():
     auto = plan_instances(None, None, "cpu", cores=4)
-    assert (auto.count, auto.threads, auto.warning) == (2, 2, None)
+    assert (auto.count, auto.threads, auto.warning) == (4, 1, None)
     shape = lambda plan: (plan.count, plan.threads)  # noqa: E731
-    assert shape(plan_instances(None, None, "cpu", cores=1)) == (1, 1)
-    assert shape(plan_instances(None, 1, "cpu", cores=4)) == (4, 1)
+    assert shape(plan_instances(None, 2, "cpu", cores=4)) == (2, 2)
     assert shape(plan_instances(1, None, "cpu", cores=4)) == (1, 4)
     assert shape(plan_instances(None, None, "cuda", cores=4)) == (1, None)
     over = plan_instances(3, None, "cpu", cores=2)

@@ -2,11 +2,11 @@
 
 As Triton's ``instance_group``: ``--instances N`` loads the model N times; a
 request (or a batch) runs on whichever instance is free. On the CPU the default
-fills the cores without oversubscribing them: one instance per two cores, each
-with two onnxruntime threads that do not spin while they wait (measured on two
-cores: one instance of two threads served 1.5x the requests of two instances of
-one thread under load, with less memory; see docs/serve.md). On a GPU the
-default is one instance (batching keeps it busy).
+fills the cores without oversubscribing them: one instance per core, each with
+one onnxruntime thread that does not spin while it waits (measured on two cores:
+as many or more requests than one instance of two threads, for less CPU per
+request; see docs/serve.md). On a GPU the default is one instance (batching
+keeps it busy).
 
 An instance whose model call fails with an unexpected error is taken out of
 service: the requests it was running hear 503 at once, and a fresh engine is
@@ -30,7 +30,7 @@ log = logging.getLogger("graft.serve")
 
 Runner = Callable[[np.ndarray], np.ndarray]
 GPU_DEVICES = ("cuda", "tensorrt")
-THREADS_PER_INSTANCE = 2  # the CPU default: two cores per instance
+THREADS_PER_INSTANCE = 1  # the CPU default: one core per instance
 REPLACE_TRIES = 3
 # onnxruntime's intra-op threads spin while they wait for work by default; with the
 # cores shared by instances (and decoding) that spinning only takes CPU from the others
@@ -60,8 +60,7 @@ def plan_instances(instances: int | None, threads: int | None, device: str,
     """Instances and threads per instance for ``device`` ("cpu", "cuda", ...).
 
     ``instances`` None means auto: on a GPU one; on the CPU ``cores // threads``
-    with two threads per instance (one on a single core) unless ``threads`` says
-    otherwise. More
+    with one thread per instance unless ``threads`` says otherwise. More
     instances x threads than cores is allowed, with a warning that says why it
     does not help.
     """

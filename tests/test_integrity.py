@@ -114,15 +114,6 @@ def test_files_get_the_mode_the_umask_gives_without_touching_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
-def test_ray_actors_use_their_cpu_share():
-    from graft.runtime.ray_job import actor_shares
-
-    assert actor_shares(16) == (8, 2)
-    assert actor_shares(16, actors=4) == (4, 4)
-    assert actor_shares(2) == (1, 2)
-    assert actor_shares(3, actors=8) == (8, 1)
-
-
 def test_a_compressed_or_huge_associated_file_is_refused(tmp_path):
     import io
     import zipfile

@@ -57,7 +57,9 @@ class BuildOptions:
     engine: str = "local"            # local | ray
     address: str | None = None       # Ray cluster HOST:PORT (--engine ray); None: a local Ray
     num_cpus: int | None = None      # CPUs of a local Ray
-    actors: int | None = None        # Ray actors (default: one per two CPUs)
+    actors: int | None = None        # Ray actors (default: sized to the nodes)
+    cpus_per_actor: int | None = None  # CPUs each Ray actor reserves (default: sized to the nodes)
+    schedule_timeout: float = 60.0   # seconds without a Ray result before the build stops
     decode_threads: int | None = None
     model_threads: int | None = None
     # Fine-tuning and augmentation (docs/build.md): a second stage on pixels, views for the head.
@@ -74,7 +76,8 @@ class BuildOptions:
 
     def extraction(self) -> ExtractOptions:
         return ExtractOptions(self.extract, self.engine, self.address, self.num_cpus, self.actors,
-                              self.decode_threads, self.model_threads, self.batch_size)
+                              self.decode_threads, self.model_threads, self.batch_size,
+                              self.cpus_per_actor, self.schedule_timeout)
 
     def check(self) -> "BuildOptions":
         """Raise GraftError for a value no build could use; return self."""
@@ -107,9 +110,10 @@ class BuildOptions:
         if self.engine == "ray" and self.extract == "keras":
             raise GraftError("--engine ray extracts features with onnxruntime on TensorFlow-free "
                              "workers; drop --extract keras, or use --engine local")
-        if self.engine == "local" and (self.address or self.num_cpus or self.actors):
-            raise GraftError("--address, --num-cpus and --actors apply to --engine ray; add it or drop them")
-        for name in ("num_cpus", "actors", "decode_threads", "model_threads"):
+        if self.engine == "local" and (self.address or self.num_cpus or self.actors or self.cpus_per_actor):
+            raise GraftError("--address, --num-cpus, --actors and --cpus-per-actor apply to --engine ray; "
+                             "add it or drop them")
+        for name in ("num_cpus", "actors", "cpus_per_actor", "decode_threads", "model_threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise GraftError(f"--{name.replace('_', '-')} must be a positive integer; received {value!r}")

@@ -44,6 +44,8 @@ class ExtractOptions:
     decode_threads: int | None = None
     model_threads: int | None = None
     batch_size: int = 32
+    cpus_per_actor: int | None = None
+    schedule_timeout: float = 60.0
 
 
 @dataclass
@@ -229,7 +231,8 @@ def _extract(run: _Run, plan: _Plan, extractor: Extractor, progress: Progress):
 
         rows = [{"key": keys[i], "file": str(Path(samples[i].path).resolve()), "sha": shas[i]}
                 for i in plan.todo]
-        return extract_on_ray(rows, extractor.onnx, dim, run.contract, writer, run.options, task)
+        return extract_on_ray(rows, extractor.onnx, dim, run.contract, writer, run.options, task,
+                              heartbeat=not progress.enabled)
     items = (Item(keys[i], _loader(samples[i].path, shas[i], run.contract)) for i in plan.todo)
     return extract_items(items, extractor.run, writer, batch_size=run.options.batch_size,
                          threads=run.options.decode_threads, task=task), {}
@@ -265,7 +268,8 @@ def engine_session(options: ExtractOptions):
     if options.engine != "ray":
         yield
         return
-    from graft.runtime.ray_job import ray_session
+    from graft.runtime.ray_cluster import cluster_nodes, plan_actors, ray_session
 
-    with ray_session(options.address, options.num_cpus):
+    with ray_session(options.address, options.num_cpus) as ray:
+        plan_actors(cluster_nodes(ray), options.actors, options.cpus_per_actor)  # or refuse, up front
         yield

@@ -113,16 +113,26 @@ def parse_manifest(text: str | bytes, source: str) -> dict:
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
-    return Path(path, MANIFEST_NAME).is_file()
+    """Whether ``path`` holds a graft.json (one that cannot even be looked at counts: reading it
+    then says why)."""
+    try:
+        return Path(path, MANIFEST_NAME).is_file()
+    except PermissionError:
+        return Path(path).is_dir()
 
 
 def read_manifest(bundle: str | os.PathLike) -> dict:
-    """The bundle's graft.json, validated; BundleError when it is missing or malformed."""
+    """The bundle's graft.json, validated; BundleError when it is missing, unreadable or malformed."""
     path = Path(bundle, MANIFEST_NAME)
-    if not path.is_file():
-        raise BundleError(f"{bundle}: not a graft bundle (no {MANIFEST_NAME}); "
-                          "create one with `graft build DATA -o BUNDLE`")
-    return parse_manifest(path.read_bytes(), str(path))
+    try:
+        if not path.is_file():
+            raise BundleError(f"{bundle}: not a graft bundle (no {MANIFEST_NAME}); "
+                              "create one with `graft build DATA -o BUNDLE`")
+        data = path.read_bytes()
+    except PermissionError:  # the caller's to fix (a volume mounted for another user): bad input
+        raise BundleError(f"{path}: cannot be read (permission denied); make the bundle readable by "
+                          f"the user graft runs as (uid {os.getuid()})") from None
+    return parse_manifest(data, str(path))
 
 
 def write_manifest(bundle: str | os.PathLike, manifest: dict) -> None:

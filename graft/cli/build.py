@@ -45,7 +45,12 @@ from graft.builder.backbones.registry import DEFAULT as DEFAULT_BACKBONE
 @click.option("--num-cpus", type=click.IntRange(1, 4096), default=None,
               help="CPUs of the local Ray started when no --address is given.")
 @click.option("--actors", type=click.IntRange(1, 4096), default=None,
-              help="Ray actors extracting features (default: one per two CPUs of the cluster).")
+              help="Ray actors extracting features (default: as many as the nodes hold, up to one "
+              "per two CPUs).")
+@click.option("--cpus-per-actor", type=click.IntRange(1, 4096), default=None,
+              help="CPUs each Ray actor reserves on its node (default: sized to the nodes).")
+@click.option("--schedule-timeout", type=click.FloatRange(1), default=60, show_default=True,
+              help="Seconds a Ray build waits for a result before it stops and says what is pending.")
 @click.option("--decode-threads", type=click.IntRange(1, 256), default=None,
               help="Threads reading and decoding images (default: CPUs, at most 8; on Ray, per actor).")
 @click.option("--model-threads", type=click.IntRange(1, 256), default=None,

@@ -40,11 +40,16 @@ DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda", "tensorrt", "openvino"])
 @click.option("--num-cpus", type=click.IntRange(1, 4096), default=None,
               help="CPUs of the local Ray started when no --address is given.")
 @click.option("--actors", type=click.IntRange(1, 4096), default=None,
-              help="Ray model replicas (default: one per two CPUs of the cluster).")
+              help="Ray model replicas (default: as many as the nodes hold, up to one per two CPUs).")
+@click.option("--cpus-per-actor", type=click.IntRange(1, 4096), default=None,
+              help="CPUs each Ray actor reserves on its node (default: sized to the nodes).")
+@click.option("--schedule-timeout", type=click.FloatRange(1), default=60, show_default=True,
+              help="Seconds a Ray job waits for a result before it stops and says what is pending.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
 def predict(model, inputs, output, top_k, device, artifact, batch_size, decode_threads, model_threads,
-            resume, overwrite, strict, chunk_rows, engine, address, num_cpus, actors, progress):
+            resume, overwrite, strict, chunk_rows, engine, address, num_cpus, actors, cpus_per_actor,
+            schedule_timeout, progress):
     """Classify images with an exported MODEL (a bundle, a .onnx or a .tflite file).
 
     INPUTS are image files, directories (recursive), globs, or .txt/.csv files
@@ -66,7 +71,8 @@ def predict(model, inputs, output, top_k, device, artifact, batch_size, decode_t
                           decode_threads=decode_threads, device=device, artifact=artifact,
                           model_threads=model_threads, resume=resume, overwrite=overwrite,
                           chunk_rows=chunk_rows, engine=engine, address=address, num_cpus=num_cpus,
-                          actors=actors, progress=progress, on_start=announce)
+                          actors=actors, cpus_per_actor=cpus_per_actor,
+                          schedule_timeout=schedule_timeout, progress=progress, on_start=announce)
         failed = summary.failed + summary.failed_before
         click.echo(f"{summary.ok} ok, {summary.failed} failed, {summary.resumed} already done "
                    f"({summary.failed_before} failed); {summary.total} inputs in {output}; "

@@ -24,7 +24,7 @@ INSTANCES = InstancesType()
 
 
 @click.command()
-@click.argument("model", metavar="MODEL_OR_REPOSITORY", type=click.Path(path_type=str))
+@click.argument("model", metavar="MODEL_OR_REPOSITORY", type=click.Path(path_type=str, readable=False))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,

@@ -103,7 +103,8 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
             device: str = "auto", model_threads: int | None = None, artifact: str | None = None,
             resume: bool = False, overwrite: bool = False, chunk_rows: int | None = None,
             engine: str = "local", address: str | None = None, num_cpus: int | None = None,
-            actors: int | None = None, progress: bool = False, on_start=None) -> JobSummary:
+            actors: int | None = None, cpus_per_actor: int | None = None,
+            schedule_timeout: float | None = None, progress: bool = False, on_start=None) -> JobSummary:
     """Classify every input once into ``output`` (.csv, .jsonl or .parquet).
 
     Rows are appended in complete, fsynced chunks of ``chunk_rows`` (default:
@@ -116,7 +117,9 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
         inputs: files, directories, globs or list files.
         output: the result file.
         engine: 'local' (threads here) or 'ray' (Ray Data; ``address`` of a cluster,
-            or a local Ray with ``num_cpus``; ``actors`` model replicas).
+            or a local Ray with ``num_cpus``; ``actors`` model replicas of ``cpus_per_actor``
+            CPUs, sized to the nodes by default; ``schedule_timeout`` seconds without a
+            result before it stops and says why).
         on_start: called with the loaded Classifier once the output is open (e.g. to say
             which export runs).
         Others: as for ``iter_predictions``.
@@ -137,16 +140,18 @@ def run_job(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], outpu
         if engine == "ray":  # join or start Ray before any output is touched
             from graft.runtime import ray_job
 
-            stack.enter_context(ray_job.ray_session(address, num_cpus))
+            ray = stack.enter_context(ray_job.ray_session(address, num_cpus))
+            plan = ray_job.plan_actors(ray_job.cluster_nodes(ray), actors, cpus_per_actor)  # or refuse
+            actors, cpus_per_actor = plan.actors, plan.cpus
         writer, done = open_output(output, job, resume=resume, overwrite=overwrite)
         if on_start is not None:
             on_start(clf)
         todo = [p for p in paths if row_text(p) not in done]
         if engine == "ray":
-            results = ray_job.iter_ray_predictions(model, todo, top_k=top_k, batch_size=batch_size,
-                                                   decode_threads=decode_threads, device=device,
-                                                   artifact=artifact, model_threads=model_threads,
-                                                   actors=actors)
+            results = ray_job.iter_ray_predictions(
+                clf, todo, top_k=top_k, batch_size=batch_size, decode_threads=decode_threads,
+                device=device, model_threads=model_threads, actors=actors, cpus_per_actor=cpus_per_actor,
+                schedule_timeout=schedule_timeout or ray_job.SCHEDULE_TIMEOUT, heartbeat=not progress)
         else:
             results = iter_predictions(clf, todo, top_k=top_k, batch_size=batch_size,
                                        decode_threads=decode_threads, expand=False)

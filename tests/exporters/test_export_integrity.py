@@ -46,8 +46,10 @@ def test_a_looser_budget_never_clears_a_flag(exported_bundle, tmp_path):
     assert row["verification"]["budget_default"] is False and row["verification"]["default_breaches"]
     inspect = CliRunner().invoke(cli, ["inspect", str(out)])
     assert "FLAGGED (passes only a looser budget)" in inspect.output
-    with pytest.warns(FlaggedExportWarning):
-        Classifier.load(out, device="cpu")
+    chosen = Classifier.load(out, device="cpu")  # by default a flagged file is passed over...
+    assert chosen.artifact != "onnx:float32" and "passed over: onnx:float32" in chosen.choice
+    with pytest.warns(FlaggedExportWarning):  # ...and named, it runs with a warning
+        Classifier.load(out, device="cpu", artifact="onnx:float32")
 
 
 def test_a_failed_reexport_keeps_the_previous_good_file_and_row(exported_bundle, tmp_path, monkeypatch):

@@ -7,14 +7,32 @@ import click
 from graft.cli.predict import DEVICE_CHOICE
 
 
+class InstancesType(click.ParamType):
+    """``auto`` or a whole number from 1 to 256."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "auto" or isinstance(value, int):
+            return None if value in (None, "auto") else value
+        if not str(value).isdigit() or not 1 <= int(value) <= 256:
+            self.fail(f"expected 'auto' or a whole number from 1 to 256; received {value!r}", param, ctx)
+        return int(value)
+
+
+INSTANCES = InstancesType()
+
+
 @click.command()
 @click.argument("model", metavar="MODEL_OR_REPOSITORY", type=click.Path(path_type=str, readable=False))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on (0 picks a free one).")
-@click.option("--max-batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
-              help="Most images run as one batch (1 turns batching off).")
+@click.option("--max-batch-size", type=click.IntRange(1, 4096), default=None,
+              help="Combine requests into batches of up to this many images (1: never combine). "
+              "Default: combine (up to 32) only if a measurement at start-up shows it pays on this device; "
+              "a request may carry at most this many (default 32) images either way.")
 @click.option("--max-queue-delay-ms", type=click.FloatRange(0, 10_000), default=2.0, show_default=True,
               help="How long a batch may wait for more requests.")
 @click.option("--max-queue", type=click.IntRange(1, 1_000_000), default=256, show_default=True,
@@ -26,9 +44,16 @@ from graft.cli.predict import DEVICE_CHOICE
               help="Which export of a bundle: FORMAT[:PRECISION] for every bundle, or "
               "NAME=FORMAT[:PRECISION] for one model of a repository; repeatable (default: each "
               "bundle's best verified export, as `graft predict`).")
+@click.option("--instances", type=INSTANCES, default="auto", show_default=True,
+              help="Engines per model version, each with its own threads; a request runs on a free one. "
+              "auto: on the CPU one per core, one thread each (with --model-threads T, cores / T); "
+              "on a GPU one.")
 @click.option("--model-threads", type=click.IntRange(1, 1024), default=None,
-              help="Threads per model: onnxruntime intra-op or LiteRT interpreter (default: every "
-              "core this process may use).")
+              help="Threads per instance: onnxruntime intra-op or LiteRT interpreter (default: 1 with "
+              "--instances auto, else cores / instances).")
+@click.option("--spin-wait/--no-spin-wait", default=False, show_default=True,
+              help="Let onnxruntime's idle threads spin between calls (CPU): a little lower latency "
+              "with several threads per instance, CPU taken from the other instances.")
 @click.option("--max-body-mb", type=click.FloatRange(0.001, 4096), default=32, show_default=True,
               help="Largest request body; bigger ones get 413.")
 @click.option("--max-pixels", type=click.IntRange(1), default=50_000_000, show_default=True,

@@ -73,9 +73,14 @@ def test_health_and_server_metadata(client):
 @pytest.mark.parametrize("path", ["/v2/models/colors", "/v2/models/colors/versions/1"])
 def test_model_metadata(client, path):
     meta = client.get(path).json()
+    instances, batching = meta.pop("instances"), meta.pop("batching")
     assert meta == {"name": "colors", "versions": ["1", "2"], "platform": "onnxruntime_onnx",
                     "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, H, W, 3]}],
                     "outputs": [{"name": "probs", "datatype": "FP32", "shape": [-1, 3]}]}
+    assert instances["live"] == instances["count"] >= 1 and instances["failed"] == []
+    assert batching["decided_by"] == "measurement at start-up"
+    assert batching["enabled"] == (batching["speedup"] >= batching["pays_from"])
+    assert batching["max_batch_size"] == (32 if batching["enabled"] else 1)
 
 
 def test_model_ready_and_config(client):

@@ -217,15 +217,17 @@ def test_a_dead_collector_answers_what_it_held_and_everything_after_with_503():
 
 # ------------------------------------------------------- the same limits over HTTP
 class HeldServer:
-    """The colour model served in a thread; every batch waits at a gate, then computes for real."""
+    """The colour model served in a thread on one instance; every batch waits at a gate, then
+    computes for real."""
 
     def __init__(self, model, **settings):
         self.gate, self.batches = Gate(), []
-        self._context = thread_server(model, **settings)
+        self._context = thread_server(model, **{"instances": 1, **settings})
         self.server, internals = self._context.__enter__()
         self.url = self.server.url
         (entry,) = internals.repository.entries()
-        real = entry.batcher.run_batch
+        (instance,) = entry.batcher.pool.instances
+        real = instance.run
 
         def held(pixels):  # wait for the gate, then compute for real
             self.gate.started.set()
@@ -233,7 +235,7 @@ class HeldServer:
             self.batches.append(len(pixels))
             return real(pixels)
 
-        entry.batcher.run_batch = held
+        instance.run = held
 
     def close(self):
         self.gate.open.set()

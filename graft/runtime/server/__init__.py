@@ -16,6 +16,8 @@ import time
 
 from graft.runtime.server.config import ServerConfig
 
+SWITCH_INTERVAL_S = 0.0005
+
 __all__ = ["ServerConfig", "serve", "create_app", "load_repository", "uvicorn_config"]
 
 
@@ -70,8 +72,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def serve(path, config: ServerConfig | None = None, echo=print) -> None:
     """Load the models under ``path`` and serve them until SIGTERM/SIGINT."""
     config = config or ServerConfig()
+    _log_to_stderr(config.log_level)
+    # The event loop gives up the GIL at every socket call; a thread holding it (decoding,
+    # preparing a model call) keeps it for up to the switch interval (5 ms by default) before
+    # the loop gets it back. 0.5 ms keeps the loop answering while every core computes.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     repository = load_repository(path, config)
     app, routes = create_app(repository, config)
+    from graft.runtime.server.pools import settle
+
+    for entry in repository.entries():  # instances and batching are logged before serving starts
+        settle(entry, config)
     sock = bind_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
     models = ", ".join(f"{e.name}:{e.version}" for e in repository.entries())
@@ -81,6 +92,19 @@ def serve(path, config: ServerConfig | None = None, echo=print) -> None:
     echo(f"serving {models} on http://{host if ':' not in host else f'[{host}]'}:{port}")
     sys.stdout.flush()
     server.run(sockets=[sock])
+
+
+def _log_to_stderr(level: str) -> None:
+    """The server's own log lines (instances, batching, failures) on stderr, as uvicorn's are."""
+    import logging
+
+    logger = logging.getLogger("graft.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level.upper())
 
 
 def _draining_server_class():

@@ -22,12 +22,13 @@ from starlette.routing import Route
 from graft import __version__
 from graft.errors import GraftError
 from graft.runtime.server import openapi, page
-from graft.runtime.server.batcher import Batcher
 from graft.runtime.server.config import ServerConfig
+from graft.runtime.server.batcher import Deferred
 from graft.runtime.server.errors import BadRequest, RequestTimeout, ServerError, Unavailable
 from graft.runtime.server.intake import (ClientWatch, as_server_error, decode_images, read_body,
                                          uploaded_images)
 from graft.runtime.server.metrics import Metrics
+from graft.runtime.server.pools import decide_batching, make_batcher
 from graft.runtime.server.protocol import HEADER_LENGTH, infer_response, parse_infer, parse_json
 from graft.runtime.server.repository import ModelEntry, Repository
 
@@ -71,13 +72,10 @@ class Server:
         self.state, self.metrics = ServerState(), Metrics()
         self.decode_limiter = None  # made in the event loop, at startup
         for entry in repository.entries():
-            entry.batcher = Batcher(
-                lambda pixels, clf=entry.classifier: clf.predict_pixels(pixels, config.max_batch_size),
-                config.max_batch_size, config.max_queue_delay_ms / 1000, config.max_queue,
-                name=f"{entry.name}:{entry.version}",
-                on_batch=self.metrics.batch_observer(entry.name, entry.version))
+            entry.batcher = make_batcher(entry, config, self.metrics.batch_observer(entry.name, entry.version))
             self.metrics.pending.labels(entry.name, entry.version).set_function(
                 lambda b=entry.batcher: b.queued)
+            self.metrics.watch_instances(entry.name, entry.version, entry.batcher.pool)
         self.metrics.in_flight.set_function(lambda: self.state.inflight)
 
     # -- lifecycle ------------------------------------------------------------
@@ -86,6 +84,7 @@ class Server:
         # Decoding runs in threads; a few at a time bounds the memory that large images take.
         self.decode_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         for entry in self.repository.entries():
+            await decide_batching(entry, self.config)
             entry.batcher.start()
         yield
         for entry in self.repository.entries():
@@ -120,7 +119,7 @@ class Server:
         if self.state.draining:
             return error_response(Unavailable("the server is shutting down"))
         for entry in self.repository.entries():
-            if entry.batcher.failure is not None:
+            if entry.batcher.problem is not None:
                 return error_response(entry.batcher.unavailable())
         return JSONResponse({"ready": True})
 
@@ -138,24 +137,30 @@ class Server:
             "platform": entry.platform,
             "inputs": [{"name": entry.input_name, "datatype": entry.datatype, "shape": entry.input_shape}],
             "outputs": [{"name": entry.output_name, "datatype": "FP32", "shape": [-1, len(entry.labels)]}],
+            "instances": {"threads": entry.batcher.plan.threads, "plan": entry.batcher.plan.reason,
+                          "spin_wait": self.config.spin_wait,
+                          **entry.batcher.pool.describe()},
+            "batching": entry.batcher.decision,
         })
 
     async def model_ready(self, request: Request) -> Response:
         entry = self.entry(request)
         if self.state.draining:
             return error_response(Unavailable(f"model {entry.name!r}: the server is shutting down"))
-        if entry.batcher.failure is not None:
+        if entry.batcher.problem is not None:
             return error_response(entry.batcher.unavailable())
         return JSONResponse({"name": entry.name, "ready": True})
 
     async def model_config(self, request: Request) -> Response:
         entry = self.entry(request)
         return JSONResponse({
-            "name": entry.name, "platform": entry.platform, "max_batch_size": self.config.max_batch_size,
+            "name": entry.name, "platform": entry.platform, "max_batch_size": self.config.batch_limit,
             "input": [{"name": entry.input_name, "data_type": f"TYPE_{entry.datatype}",
                        "format": "FORMAT_NHWC", "dims": entry.input_shape[1:]}],
             "output": [{"name": entry.output_name, "data_type": "TYPE_FP32", "dims": [len(entry.labels)]}],
-            "dynamic_batching": {"max_queue_delay_microseconds": int(self.config.max_queue_delay_ms * 1000)},
+            "instance_group": [{"count": entry.batcher.pool.size, "kind": _kind(entry)}],
+            **({"dynamic_batching": {"max_queue_delay_microseconds": int(self.config.max_queue_delay_ms * 1000)}}
+               if entry.batcher.decision["enabled"] else {}),
             "parameters": {"labels": {"string_value": json.dumps(entry.labels)}},
         })
 
@@ -181,7 +186,7 @@ class Server:
             for version in self.repository.versions(name):
                 batcher = self.repository.get(name, version).batcher
                 if batcher.ready or not ready_only:
-                    rows.append({"name": name, "version": version, "reason": batcher.failure or "",
+                    rows.append({"name": name, "version": version, "reason": batcher.problem or "",
                                  "state": "READY" if batcher.ready else "UNAVAILABLE"})
         return JSONResponse(rows)
 
@@ -234,9 +239,13 @@ class Server:
         return body
 
     async def _decode(self, entry: ModelEntry, images: list[bytes], deadline: float,
-                      watch: ClientWatch) -> np.ndarray:
+                      watch: ClientWatch) -> np.ndarray | Deferred:
+        """Decoded pixels when requests are combined (a batch gathers decoded images); else the
+        decoding itself, done by the instance that runs the model (one thread hop less)."""
         work = functools.partial(decode_images, entry, images, self.config.max_request_pixels,
                                  deadline, watch.gone)
+        if not entry.batcher.combines:
+            return Deferred(work, len(images))
         return await watch.run(anyio.to_thread.run_sync(work, limiter=self.decode_limiter))
 
     async def _infer(self, request: Request, entry: ModelEntry, arrived: float,
@@ -244,7 +253,7 @@ class Server:
         with entry.batcher.arriving():
             body = await self._body(request, watch)
             header = request.headers.get(HEADER_LENGTH)
-            limit = self.config.max_batch_size
+            limit = self.config.batch_limit
             if len(body) > PARSE_IN_THREAD_BYTES:
                 parsed = await run_in_threadpool(parse_infer, body, header, entry, limit)
             else:
@@ -269,6 +278,10 @@ class Server:
         results = [{"filename": name, "predictions": [{"label": p.label, "score": p.score} for p in row]}
                    for name, row in zip(names, entry.classifier.top_k(probs, top_k))]
         return JSONResponse({"model_name": entry.name, "model_version": entry.version, "results": results})
+
+
+def _kind(entry: ModelEntry) -> str:
+    return "KIND_GPU" if entry.classifier.device in ("cuda", "tensorrt") else "KIND_CPU"
 
 
 def _top_k(value: str | None, classes: int) -> int:

@@ -1,13 +1,19 @@
-"""Dynamic batching: gather requests into one model call, run it off the event loop.
+"""The queue of one model version: requests wait in FIFO order for a free instance.
 
 Requests wait in a bounded queue (a full queue answers 503). A collector task
-takes what is queued, up to ``max_batch_size`` items; when the batch is not full
-and other requests for the same model are still being read or decoded, it waits
-up to ``max_queue_delay`` for them. A lone request is never delayed. The batch
-runs in a worker thread (one per model version, so the event loop stays free),
-and each request gets its own rows back. A request whose deadline passes while
-it is queued is dropped from the batch and answered 504; one whose caller stops
-waiting (its client went away) leaves the queue at once.
+waits for a free model instance (``instances.InstancePool``), then takes what is
+queued, up to ``max_batch_size`` items (1 when batching is off: each request
+runs alone); when the batch is not full and other requests for the same model
+are still being read or decoded, it waits up to ``max_queue_delay`` for them. A
+lone request is never delayed. The batch runs in that instance's thread (so the
+event loop stays free, and the other instances keep running), and each request
+gets its own rows back. A request whose deadline passes while it is queued is
+dropped from the batch and answered 504; one whose caller stops waiting (its
+client went away) leaves the queue at once. Requests enter the queue only once
+their body is read and decoded, so a slow client holds up nobody.
+
+An instance whose model call raises an unexpected error (not a ``GraftError``)
+is replaced; the requests it was running get 503.
 
 If the collector itself dies (an exception escapes it), the batcher records why,
 answers everything it holds and every later request 503 at once, and reports
@@ -21,13 +27,14 @@ import collections
 import contextlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
+from graft.errors import GraftError
 from graft.runtime.server.errors import DeadlineExceeded, ServerError, Unavailable
+from graft.runtime.server.instances import Instance, InstancePool
 
 log = logging.getLogger("graft.serve")
 
@@ -42,42 +49,55 @@ class BatchStats:
     queue_s: list[float]
 
 
+class Deferred(NamedTuple):
+    """Images still to decode: the instance that runs them calls ``decode()`` in its own thread."""
+
+    decode: Callable[[], np.ndarray]
+    size: int
+
+
 @dataclass
 class _Item:
-    pixels: np.ndarray
+    pixels: np.ndarray | Deferred
     deadline: float | None
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
     def size(self) -> int:
-        return len(self.pixels)
+        return self.pixels.size if isinstance(self.pixels, Deferred) else len(self.pixels)
 
 
 class Batcher:
-    """One queue and one worker thread for one model version."""
+    """One queue for one model version, feeding its instances."""
 
-    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], max_batch_size: int = 32,
+    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray] | None = None, max_batch_size: int = 32,
                  max_queue_delay_s: float = 0.002, max_queue: int = 256, name: str = "model",
-                 on_batch: Callable[[BatchStats], None] | None = None):
-        self.run_batch = run_batch
+                 on_batch: Callable[[BatchStats], None] | None = None, pool: InstancePool | None = None):
+        if pool is None and run_batch is None:
+            raise ValueError("a Batcher needs run_batch (one instance) or a pool of instances")
+        self.pool = pool or InstancePool([run_batch], name=name)
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_queue_delay_s = max(0.0, float(max_queue_delay_s))
         self.max_queue = max(1, int(max_queue))
         self.name = name
         self.on_batch = on_batch
         self._items: collections.deque[_Item] = collections.deque()
-        self._batch: list[_Item] = []  # taken off the queue: being gathered or running
+        self._gathering: list[_Item] = []  # taken off the queue, being gathered
+        self._running: dict[asyncio.Task, list[_Item]] = {}
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._arriving = 0
-        self.failure: str | None = None  # why the collector died; None while it runs
+        self.failure: str | None = None  # why the batcher stopped for good; None while it runs
+        self.plan = None       # the InstancePlan it was made from (pools.make_batcher)
+        self.decision: dict = {"enabled": self.max_batch_size > 1, "max_batch_size": self.max_batch_size,
+                               "decided_by": "the caller"}  # whether requests are combined, and why
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"graft-{self.name}")
+        self.pool.start()
+        self.pool.on_lost = self._lost
         self._task = asyncio.get_running_loop().create_task(self._collect())
         self._task.add_done_callback(self._collector_done)
 
@@ -89,32 +109,47 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):  # a dead one was logged
                 await task
         self._fail_held(Unavailable(f"model {self.name!r}: the server is shutting down"))
-        if self._executor is not None:  # a running batch finishes in its thread; wait off the loop
-            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        await self.pool.stop()
 
     @property
     def queued(self) -> int:
         return len(self._items)
 
     @property
+    def problem(self) -> str | None:
+        """Why requests cannot run now (stopped for good, or no instance running), or None."""
+        return self.failure or self.pool.problem()
+
+    @property
     def ready(self) -> bool:
-        """True while the collector runs (started, not stopped, not dead)."""
-        return self._task is not None and self.failure is None
+        """True while the collector runs (started, not stopped, not dead) with a live instance."""
+        return self._task is not None and self.problem is None
 
     def _collector_done(self, task: asyncio.Task) -> None:
         if task.cancelled() or task.exception() is None:
             return
-        exc = task.exception()
+        self._died(task.exception())
+
+    def _died(self, exc: BaseException) -> None:
         self.failure = f"the batch worker stopped ({type(exc).__name__}: {exc})"
         log.error("model %s: %s", self.name, self.failure, exc_info=exc)
+        if self._task is not None:
+            self._task.cancel()
+        self._fail_held(self.unavailable())
+
+    def _lost(self, reason: str) -> None:
+        self.failure = reason
         self._fail_held(self.unavailable())
 
     def unavailable(self) -> Unavailable:
-        """What a request (or a readiness probe) is told once the batch worker has stopped."""
-        return Unavailable(f"model {self.name!r} is not ready: {self.failure}; restart the server")
+        """What a request (or a readiness probe) is told while no request can run."""
+        if self.failure is not None:
+            return Unavailable(f"model {self.name!r} is not ready: {self.failure}; restart the server")
+        return Unavailable(f"model {self.name!r} is not ready: {self.pool.problem()}; retry shortly")
 
     def _fail_held(self, error: ServerError) -> None:
-        held, self._batch = [*self._batch, *self._items], []
+        held = [*self._gathering, *self._items, *(i for b in self._running.values() for i in b)]
+        self._gathering = []
         self._items.clear()
         for item in held:
             if not item.future.done():
@@ -132,8 +167,13 @@ class Batcher:
             if self._wakeup is not None:
                 self._wakeup.set()
 
-    async def submit(self, pixels: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, float]:
-        """Queue ``pixels`` (n, H, W, 3); return (probabilities (n, C), seconds spent queued)."""
+    @property
+    def combines(self) -> bool:
+        """Whether requests are combined into batches (then they arrive decoded)."""
+        return self.max_batch_size > 1
+
+    async def submit(self, pixels: np.ndarray | Deferred, deadline: float | None = None) -> tuple[np.ndarray, float]:
+        """Queue ``pixels`` (n, H, W, 3), or images to decode; return (probabilities (n, C), seconds queued)."""
         if self.failure is not None:
             raise self.unavailable()
         if self._task is None:
@@ -169,11 +209,22 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            self._batch = []
-            batch = await self._gather(self._batch)
-            if batch:
-                await self._execute(batch)
-            self._batch = []
+            instance = await self.pool.acquire()  # FIFO: the queue's head goes to the first free one
+            self._gathering = []
+            batch = await self._gather(self._gathering)
+            self._gathering = []
+            batch = [item for item in batch if not item.future.done()]  # abandoned while gathering
+            if not batch:
+                self.pool.release(instance)
+                continue
+            task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
+            self._running[task] = batch
+            task.add_done_callback(self._executed)
+
+    def _executed(self, task: asyncio.Task) -> None:
+        self._running.pop(task, None)
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self._died(task.exception())
 
     async def _gather(self, batch: list[_Item]) -> list[_Item]:
         count = self._take(batch, 0)
@@ -210,21 +261,26 @@ class Batcher:
             count += item.size
         return count
 
-    async def _execute(self, batch: list[_Item]) -> None:
-        batch = [item for item in batch if not item.future.done()]  # abandoned while gathering
-        if not batch:
-            return
+    async def _execute(self, instance: Instance, batch: list[_Item]) -> None:
         start = time.perf_counter()
-        pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([i.pixels for i in batch])
-        loop = asyncio.get_running_loop()
+
+        def run():  # in the instance's thread: decode what is still encoded, then the model call
+            arrays = [i.pixels.decode() if isinstance(i.pixels, Deferred) else i.pixels for i in batch]
+            return instance.run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
+
         try:
-            probs = await loop.run_in_executor(self._executor, self.run_batch, pixels)
-        except Exception as exc:  # the engine failed: every request in the batch hears why
-            error = exc if isinstance(exc, ServerError) else ServerError(f"inference failed: {exc}")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
+            probs = await asyncio.get_running_loop().run_in_executor(instance.executor, run)
+        except GraftError as exc:  # the request's own fault: every request in the batch hears why
+            self.pool.release(instance)
+            self._answer(batch, exc if isinstance(exc, ServerError) else ServerError(f"inference failed: {exc}"))
             return
+        except Exception as exc:  # the instance broke: replace it, tell its requests at once
+            self.pool.failed(instance, exc)
+            self._answer(batch, Unavailable(f"model {self.name!r}: instance {instance.index} failed while "
+                                            f"running this request ({type(exc).__name__}: {exc}); it is "
+                                            "being replaced, retry"[:400]))
+            return
+        self.pool.release(instance)
         compute_s = time.perf_counter() - start
         offset = 0
         for item in batch:
@@ -233,8 +289,13 @@ class Batcher:
             if not item.future.done():
                 item.future.set_result((rows, start - item.enqueued))
         if self.on_batch is not None:
-            self.on_batch(BatchStats(len(pixels), len(batch), compute_s,
-                                     [start - i.enqueued for i in batch]))
+            self.on_batch(BatchStats(offset, len(batch), compute_s, [start - i.enqueued for i in batch]))
+
+    @staticmethod
+    def _answer(batch: list[_Item], error: ServerError) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
 
 
 def _late(name: str, where: str) -> str:

@@ -7,11 +7,16 @@ from dataclasses import dataclass
 from graft.runtime.preprocess import DEFAULT_MAX_PIXELS
 
 DEFAULT_MAX_REQUEST_PIXELS = 2 * DEFAULT_MAX_PIXELS
+DEFAULT_MAX_BATCH_SIZE = 32  # the most images per request, and per batch when batching is on
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """How ``graft serve`` listens, batches and limits requests.
+    """How ``graft serve`` listens, runs its models, batches and limits requests.
+
+    Each model version runs on ``instances`` engines of ``model_threads`` threads
+    each (see ``instances.plan_instances``); ``max_batch_size`` None lets a
+    measurement at start-up decide whether combining requests pays.
 
     Limits per image: ``max_pixels`` (width x height from the header). Per
     request: ``max_body_bytes``, ``max_request_pixels`` (the sum over its
@@ -23,12 +28,14 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch_size: int = 32
+    max_batch_size: int | None = None  # None: batch only where it pays, measured at start-up
     max_queue_delay_ms: float = 2.0
     max_queue: int = 256              # queued requests per model version; more get 503
     timeout_ms: float = 30_000.0      # a request older than this gets 504
     device: str = "auto"
-    model_threads: int | None = None  # ONNX Runtime intra-op / LiteRT threads per model
+    model_threads: int | None = None  # ONNX Runtime intra-op / LiteRT threads per instance
+    instances: int | None = None      # engines per model version; None: from the cores and device
+    spin_wait: bool = False           # let onnxruntime's idle intra-op threads spin (CPU instances)
     max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int | None = DEFAULT_MAX_PIXELS                  # per image
     max_request_pixels: int | None = DEFAULT_MAX_REQUEST_PIXELS  # summed over one request's images
@@ -37,3 +44,8 @@ class ServerConfig:
     drain_timeout_s: float = 30.0     # after SIGTERM, wait at most this long for in-flight requests
     log_level: str = "info"
     artifacts: tuple[str, ...] = ()  # which export of a bundle: 'FORMAT:PRECISION' or 'NAME=FORMAT:PRECISION'
+
+    @property
+    def batch_limit(self) -> int:
+        """The most images one request may carry (and one batch may hold)."""
+        return self.max_batch_size or DEFAULT_MAX_BATCH_SIZE

@@ -6,8 +6,9 @@ failures labelled by reason), ``nv_inference_count`` (images inferred),
 ``nv_inference_exec_count`` (model executions; count / exec_count is the mean
 batch size), and the cumulative microseconds ``nv_inference_request_duration_us``,
 ``nv_inference_queue_duration_us``, ``nv_inference_compute_infer_duration_us``.
-Also ``nv_inference_pending_request_count`` (queued now), ``graft_http_requests_in_flight``
-and a latency histogram ``graft_request_duration_seconds``.
+Also ``nv_inference_pending_request_count`` (queued now), ``graft_http_requests_in_flight``,
+``graft_model_instances`` (instances by state: live, busy, replacing, failed) and a latency
+histogram ``graft_request_duration_seconds``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Metrics:
                              _MODEL, registry=self.registry)
         self.in_flight = Gauge("graft_http_requests_in_flight", "HTTP requests being answered now",
                                registry=self.registry)
+        self.instances = Gauge("graft_model_instances", "Model instances by state (live, busy, replacing, "
+                               "failed)", (*_MODEL, "state"), registry=self.registry)
         self.latency = Histogram("graft_request_duration_seconds", "End-to-end request latency",
                                  _MODEL, registry=self.registry,
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
@@ -50,6 +53,15 @@ class Metrics:
             self.compute_us.labels(name, version).inc(stats.compute_s * 1e6 * stats.requests)
             self.queue_us.labels(name, version).inc(sum(stats.queue_s) * 1e6)
         return observe
+
+    def watch_instances(self, name: str, version: str, pool) -> None:
+        """Instance counts by state, read from ``pool`` whenever /metrics is rendered."""
+        def counter(state):
+            if state == "busy":
+                return lambda: sum(i.busy and i.state == "live" for i in pool.instances)
+            return lambda: sum(i.state == state for i in pool.instances)
+        for state in ("live", "busy", "replacing", "failed"):
+            self.instances.labels(name, version, state).set_function(counter(state))
 
     def request_done(self, name: str, version: str, seconds: float, reason: str | None) -> None:
         if reason is None:

@@ -1,0 +1,196 @@
+"""Model instances: several engines of one model version, each with its own threads.
+
+As Triton's ``instance_group``: ``--instances N`` loads the model N times; a
+request (or a batch) runs on whichever instance is free. On the CPU the default
+fills the cores without oversubscribing them: one instance per core, each with
+one onnxruntime thread that does not spin while it waits (measured on two cores:
+as many or more requests than one instance of two threads, for less CPU per
+request; see docs/serve.md). On a GPU the default is one instance (batching
+keeps it busy).
+
+An instance whose model call fails with an unexpected error is taken out of
+service: the requests it was running hear 503 at once, and a fresh engine is
+loaded in its place (a few tries, then the model is marked failed). The pool
+is ready while at least one instance runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger("graft.serve")
+
+Runner = Callable[[np.ndarray], np.ndarray]
+GPU_DEVICES = ("cuda", "tensorrt")
+THREADS_PER_INSTANCE = 1  # the CPU default: one core per instance
+REPLACE_TRIES = 3
+# onnxruntime's intra-op threads spin while they wait for work by default; with the
+# cores shared by instances (and decoding) that spinning only takes CPU from the others
+# (measured: about twice the CPU per request).
+CPU_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    """How many instances of each model version, with how many engine threads each."""
+
+    count: int
+    threads: int | None   # None: the engine's own default (a GPU session)
+    reason: str           # how the numbers were chosen, for the log and /v2/models/NAME
+    warning: str | None = None
+
+
+def plan_instances(instances: int | None, threads: int | None, device: str,
+                   cores: int | None = None) -> InstancePlan:
+    """Instances and threads per instance for ``device`` ("cpu", "cuda", ...).
+
+    ``instances`` None means auto: on a GPU one; on the CPU ``cores // threads``
+    with one thread per instance unless ``threads`` says otherwise. More
+    instances x threads than cores is allowed, with a warning that says why it
+    does not help.
+    """
+    cores = cores or usable_cores()
+    if device in GPU_DEVICES:
+        count = instances or 1
+        return InstancePlan(count, threads, f"{count} instance(s) on {device}"
+                            + ("" if instances else " (auto: one per GPU; batching keeps it busy)"))
+    if instances is None:
+        threads = threads or min(THREADS_PER_INSTANCE, cores)
+        count = max(1, cores // threads)
+        return InstancePlan(count, threads, f"auto: {count} instance(s) x {threads} thread(s) "
+                            f"for {cores} core(s)")
+    threads = threads or max(1, cores // instances)
+    warning = None
+    if instances * threads > cores:
+        warning = (f"{instances} instance(s) x {threads} thread(s) oversubscribe the {cores} core(s) "
+                   "this process may use: they take turns on the cores, adding memory and "
+                   "latency but no throughput; use --instances auto")
+    return InstancePlan(instances, threads, f"{instances} instance(s) x {threads} thread(s) on "
+                        f"{cores} core(s)", warning)
+
+
+class Instance:
+    """One engine and the one thread that runs it."""
+
+    def __init__(self, index: int, run: Runner, name: str):
+        self.index, self.run = index, run
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"graft-{name}-{index}")
+        self.state = "live"   # live | replacing | failed
+        self.busy = False
+        self.error: str | None = None
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False)
+
+
+class InstancePool:
+    """The instances of one model version; the batcher takes a free one, runs, gives it back.
+
+    ``load(index)`` makes a fresh runner (an engine) for instance ``index``; it is
+    called to replace an instance that failed. ``on_lost`` is called with a reason
+    when an instance could not be replaced.
+    """
+
+    def __init__(self, runners: list[Runner], load: Callable[[int], Runner] | None = None,
+                 name: str = "model"):
+        self.name = name
+        self.instances = [Instance(i, run, name) for i, run in enumerate(runners)]
+        self._load = load
+        self._freed: asyncio.Event | None = None
+        self._replacing: set[asyncio.Task] = set()
+        self.on_lost: Callable[[str], None] | None = None
+
+    def start(self) -> None:
+        self._freed = asyncio.Event()
+
+    async def stop(self) -> None:
+        for task in list(self._replacing):
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        for instance in self.instances:  # a running call finishes in its thread; wait off the loop
+            await loop.run_in_executor(None, instance.executor.shutdown)
+
+    @property
+    def live(self) -> int:
+        return sum(i.state == "live" for i in self.instances)
+
+    @property
+    def size(self) -> int:
+        return len(self.instances)
+
+    def describe(self) -> dict:
+        """Instance states for /v2/models/NAME."""
+        return {"count": self.size, "live": self.live,
+                "busy": sum(i.busy for i in self.instances if i.state == "live"),
+                "failed": [{"instance": i.index, "state": i.state, "error": i.error}
+                           for i in self.instances if i.state != "live"]}
+
+    def problem(self) -> str | None:
+        """Why no request can run now (no live instance), or None."""
+        if self.live:
+            return None
+        errors = "; ".join(f"instance {i.index}: {i.error}" for i in self.instances)
+        waiting = any(i.state == "replacing" for i in self.instances)
+        return f"no instance is running ({errors}){'; being replaced' if waiting else ''}"
+
+    async def acquire(self) -> Instance:
+        """The first free live instance, waiting until one is free (only the collector calls this)."""
+        while True:
+            for instance in self.instances:
+                if instance.state == "live" and not instance.busy:
+                    instance.busy = True
+                    return instance
+            self._freed.clear()
+            await self._freed.wait()
+
+    def release(self, instance: Instance) -> None:
+        instance.busy = False
+        self._freed.set()
+
+    def failed(self, instance: Instance, exc: BaseException) -> None:
+        """Take ``instance`` out of service and load a replacement in the background."""
+        instance.busy, instance.state = False, "replacing"
+        instance.error = f"{type(exc).__name__}: {exc}"[:300]
+        instance.close()  # a call stuck in that thread keeps the thread, never the instance
+        log.error("model %s: instance %d failed (%s); replacing it", self.name, instance.index,
+                  instance.error)
+        task = asyncio.get_running_loop().create_task(self._replace(instance))
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, old: Instance) -> None:
+        loop, error = asyncio.get_running_loop(), old.error
+        for attempt in range(1, REPLACE_TRIES + 1):
+            if self._load is None:
+                error = "no loader to replace it"
+                break
+            try:
+                run = await loop.run_in_executor(None, self._load, old.index)
+            except Exception as exc:  # a failed load is retried, then given up
+                error = f"reloading failed: {type(exc).__name__}: {exc}"[:300]
+                log.error("model %s: instance %d: %s (try %d of %d)", self.name, old.index, error,
+                          attempt, REPLACE_TRIES)
+                await asyncio.sleep(0.5 * attempt)
+                continue
+            self.instances[old.index] = Instance(old.index, run, self.name)
+            log.warning("model %s: instance %d replaced", self.name, old.index)
+            self._freed.set()
+            return
+        old.state, old.error = "failed", error
+        if self.on_lost is not None and not self.live:
+            self.on_lost(f"every instance failed (instance {old.index}: {error})")

@@ -21,6 +21,10 @@ import time
 PLAIN_EVERY_S = 10.0
 
 
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 class Task:
     """One line of the bar (or nothing, when the bar is disabled)."""
 
@@ -55,7 +59,7 @@ class Progress:
 
     def __enter__(self) -> "Progress":
         self._plain: list[_PlainTask] = []
-        if self.enabled and not sys.stderr.isatty():
+        if self.enabled and not stderr_is_terminal():
             return self
         if self.enabled:
             from rich.console import Console

@@ -181,7 +181,7 @@ def test_cli_build_options(tmp_path, dataset, source_model):
         "drop --extract keras, or use --engine local")
     result = runner.invoke(cli, [*base, "-o", str(tmp_path / "y"), "--address", "127.0.0.1:1"])
     assert result.exit_code == 2
-    assert "--address, --num-cpus and --actors apply to --engine ray" in result.output
+    assert "--address, --num-cpus, --actors and --cpus-per-actor apply to --engine ray" in result.output
     out = tmp_path / "z"
     result = runner.invoke(cli, [*base, "-o", str(out), "--extract", "onnxruntime", "--decode-threads", "1",
                                  "--model-threads", "1"])

@@ -252,12 +252,24 @@ def test_jsonl_rows_are_plain_json(color_onnx, mixed, tmp_path):
         assert set(json.loads(line)) == {"path", "labels", "scores", "error"}
 
 
-def test_cli_progress_bar_shows_rate_and_time_left(color_onnx, mixed, tmp_path):
+def test_cli_progress_bar_shows_rate_and_time_left(color_onnx, mixed, tmp_path, monkeypatch):
+    import graft.progress
+
+    monkeypatch.setattr(graft.progress, "stderr_is_terminal", lambda: True)
     result = CliRunner().invoke(cli, ["predict", str(color_onnx), str(mixed[0]), "-o",
                                       str(tmp_path / "out.csv"), "--progress"])
     assert result.exit_code == 0, result.output
     bar = next(line for line in result.output.splitlines() if line.strip().startswith("predict"))
     assert "12/12" in bar and "img/s" in bar and bar.count("0:00:00") == 2  # elapsed, then time left
+
+
+def test_cli_progress_in_a_log_is_plain_lines(color_onnx, mixed, tmp_path):
+    result = CliRunner().invoke(cli, ["predict", str(color_onnx), str(mixed[0]), "-o",
+                                      str(tmp_path / "out.csv"), "--progress"])  # stderr is no terminal
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("predict: ")]
+    assert len(lines) == 1 and lines[0].startswith("predict: 12/12 done, ") and " img/s, " in lines[0]
+    assert "━" not in result.output
 
 
 def test_overwrite_parquet_replaces_parts_but_never_foreign_files(color_onnx, mixed, tmp_path):

@@ -63,13 +63,16 @@ def probe_options(func):
               show_default=True,
               help="Where latency is measured.")
 @click.option("--model-threads", type=click.IntRange(1, 256), default=None,
-              help="onnxruntime threads for extraction and timing (default: onnxruntime's choice).")
+              help="onnxruntime threads for extraction and timing (default: every core this "
+              "process may use).")
 @click.option("--cache-dir", type=click.Path(path_type=str), default=None,
               help="Feature cache (default: $GRAFT_CACHE or ~/.cache/graft).")
 def probe(data, backbones, image_sizes, cut_layers, precisions, out, **rest):
     """Score backbone x cut x resolution candidates on DATA, measure their cost, recommend one."""
     from graft.builder.probe import ProbeOptions, run_probe
+    from graft.quiet import import_tensorflow
 
+    import_tensorflow()  # without its C++ start-up lines (shown under --debug)
     options = ProbeOptions(**_probe_kwargs(backbones, image_sizes, cut_layers, precisions), **rest)
     result = run_probe(data, options, echo=None)
     write_probe(out, result)

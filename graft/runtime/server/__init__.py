@@ -77,13 +77,17 @@ def serve(path, config: ServerConfig | None = None, echo=print) -> None:
     # preparing a model call) keeps it for up to the switch interval (5 ms by default) before
     # the loop gets it back. 0.5 ms keeps the loop answering while every core computes.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    repository = load_repository(path, config)
-    app, routes = create_app(repository, config)
-    from graft.runtime.server.pools import settle
+    sock = bind_socket(config.host, config.port)  # a taken port fails before models load
+    try:
+        repository = load_repository(path, config)
+        app, routes = create_app(repository, config)
+        from graft.runtime.server.pools import settle
 
-    for entry in repository.entries():  # instances and batching are logged before serving starts
-        settle(entry, config)
-    sock = bind_socket(config.host, config.port)
+        for entry in repository.entries():  # instances and batching are logged before serving starts
+            settle(entry, config)
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     models = ", ".join(f"{e.name}:{e.version}" for e in repository.entries())
     server = _draining_server_class()(uvicorn_config(app, config), routes.state, config.drain_timeout_s)

@@ -117,10 +117,8 @@ def _sample(items: list, limit: int | None, seed: int) -> list:
     """All items, or a seeded sample of ``limit`` of them: held-out first, then the rest, each shuffled."""
     if not limit or len(items) <= limit:
         return items
-    rng = np.random.default_rng(seed)
-    held = [items[i] for i in rng.permutation(len(items)) if items[i][2]]
-    rest = [items[i] for i in rng.permutation(len(items)) if not items[i][2]]
-    return (held + rest)[:limit]
+    order = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+    return ([item for item in order if item[2]] + [item for item in order if not item[2]])[:limit]
 
 
 def check_data_root(root: Path, rows: list[dict]) -> None:
@@ -230,7 +228,3 @@ def measure(reference: np.ndarray, candidate: np.ndarray, images: CheckImages) -
         keras_accuracy_interval=list(stats.wilson(int(keras_right.sum()), m)),
         accuracy_drop=drop, drop_interval=[low, high], accuracy_judged=m >= stats.SMALL_N)
     return result
-
-
-def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
-    return float((probs.argmax(1) == y).mean()) if len(y) else 0.0

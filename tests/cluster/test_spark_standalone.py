@@ -20,6 +20,7 @@ from graft.runtime.batch import run_job
 from graft.runtime.outputs import read_results
 from harness import REPO
 from models import solid_image
+from spark_rows import assert_rows_match_local
 
 pyspark = pytest.importorskip("pyspark")
 pytest.importorskip("pandas")
@@ -118,9 +119,4 @@ def test_spark_udf_on_a_standalone_cluster_matches_the_local_engine(spark_master
     finally:
         session.stop()
     assert executors == 2  # the driver and the worker's executor: the rows came from the cluster
-    assert sorted(row["path"] for row in rows) == sorted(paths)
-    for row in rows:
-        expected = want[row["path"]]
-        assert tuple(row["labels"]) == expected.labels
-        assert list(row["scores"]) == pytest.approx(expected.scores, abs=1e-6)
-        assert row["error"] == expected.error
+    assert_rows_match_local(rows, paths, want)

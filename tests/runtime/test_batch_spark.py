@@ -11,6 +11,7 @@ import pytest
 from graft.runtime.batch import run_job
 from graft.runtime.outputs import read_results
 from models import solid_image
+from spark_rows import assert_rows_match_local
 
 pytest.importorskip("pyspark")
 pytest.importorskip("pandas")
@@ -44,9 +45,4 @@ def test_spark_udf_matches_local_engine(spark, color_bundle, tmp_path):
     frame = spark.createDataFrame([(p,) for p in paths], "path string").repartition(2)
     rows = (frame.withColumn("p", predict_udf(color_bundle, top_k=2)("path"))
             .select("path", "p.*").collect())
-    assert sorted(row["path"] for row in rows) == sorted(paths)
-    for row in rows:
-        expected = want[row["path"]]
-        assert tuple(row["labels"]) == expected.labels
-        assert list(row["scores"]) == pytest.approx(expected.scores, abs=1e-6)
-        assert row["error"] == expected.error
+    assert_rows_match_local(rows, paths, want)

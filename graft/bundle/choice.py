@@ -68,14 +68,16 @@ def choose_export(manifest: dict, artifact: str | None = None, runnable=FORMATS,
     if not rows:
         raise BundleError(f"{where}: no exports to run; run `graft export` on the bundle first")
     rank = {key: i for i, key in enumerate(PREFERENCE)}
-    ranked = sorted((r for r in rows if r.get("format") in runnable),
-                    key=lambda r: rank.get((r.get("format"), r.get("precision")), len(rank)))
+
+    def position(r: dict) -> int:
+        return rank.get((r.get("format"), r.get("precision")), len(rank))
+
+    ranked = sorted((r for r in rows if r.get("format") in runnable), key=position)
     for status, reason in (("ok", "the best verified export"),
                            ("unverified", "the best export, NOT verified against Keras (run `graft verify`)")):
         found = [r for r in ranked if r.get("status", "unverified") == status]
         if found:
-            better = [key_of(r) for r in ranked if rank.get((r.get("format"), r.get("precision")), 99)
-                      < rank.get((found[0].get("format"), found[0].get("precision")), 99)]
+            better = [key_of(r) for r in ranked if position(r) < position(found[0])]
             if better:
                 reason += f"; passed over: {', '.join(better)}"
             return Choice(found[0], key_of(found[0]), reason)

@@ -76,7 +76,7 @@ def raw_pixel_baseline(bundle_dir: Path, manifest: dict, size: int = 32) -> floa
     keras.utils.set_random_seed(hyper["seed"])  # as seeded as the build it is compared with
     head, _ = train_head(x_train, y_train, validation, len(labels), epochs=hyper["epochs"],
                          batch_size=hyper["batch_size"], lr=hyper["lr"], dropout=hyper["dropout"],
-                         patience=hyper["patience"])
+                         patience=hyper["patience"], min_steps=hyper.get("min_steps", 0))
     return float((head.predict(x_test, verbose=0).argmax(1) == y_test).mean())
 
 

@@ -25,7 +25,7 @@ from graft.builder.extraction import EXTRACTORS, ExtractOptions, engine_session,
 from graft.builder.features import check_spread, default_cache_dir
 from graft.builder.finetune import DEFAULT_EPOCHS, DEFAULT_LR, check_blocks, fine_tune
 from graft.builder.finetune import check_options as check_tuning
-from graft.builder.head import join_head, predict_rows, train_head
+from graft.builder.head import MIN_STEPS, join_head, predict_rows, train_head
 from graft.builder.metrics import classification_metrics
 from graft.errors import DataError, GraftError
 from graft.progress import Progress
@@ -42,6 +42,7 @@ class BuildOptions:
     image_size: int | None = None
     resize: str = "stretch"
     epochs: int = 30
+    min_steps: int = MIN_STEPS        # a small training split trains for more epochs (head.MIN_STEPS)
     batch_size: int = 32
     lr: float = 1e-3
     dropout: float = 0.2
@@ -94,6 +95,8 @@ class BuildOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise GraftError(f"--{name.replace('_', '-')} must be a positive integer; received {value!r}")
+        if not isinstance(self.min_steps, int) or isinstance(self.min_steps, bool) or self.min_steps < 0:
+            raise GraftError(f"--min-steps must be an integer >= 0; received {self.min_steps!r}")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise GraftError(f"--lr must be a positive number; received {self.lr!r}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or not 16 <= self.image_size <= 1024):
@@ -181,7 +184,7 @@ def _build(samples, labels, data, out: Path, options: BuildOptions, probe: dict 
         head, stage = train_head(train_rows, y_train, validation, len(labels),
                                  epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
                                  dropout=options.dropout, patience=options.patience, progress=progress,
-                                 seed=options.seed)
+                                 seed=options.seed, min_steps=options.min_steps)
         stages = [stage if views is None else {**stage, "settings": views}]
         test_probs = predict_rows(head, ext.rows.subset(part["test"]), len(labels))
         if options.fine_tune:  # the second stage: top blocks and head on pixels; test from pixels

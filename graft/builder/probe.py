@@ -118,11 +118,11 @@ def run_probe(data: str | Path, options: ProbeOptions | None = None, echo=None) 
     scores.check_counts(y, labels, " (usable training and validation images)")
     folds = scores.fold_ids(y, options.seed)
     tick = time.perf_counter()
-    candidates, correct = _score_all(families, feats, usable, y, folds)
+    candidates, correct, features = _score_all(families, feats, usable, y, folds)
     baseline, baseline_correct = _baseline(feats, usable, y, folds, options)
     seconds["scores"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    _measure_all(families, feats, candidates, usable, len(labels), options, echo)
+    _measure_all(families, feats, candidates, features, usable, y, len(labels), options, echo)
     seconds["cost"] = time.perf_counter() - tick
     by_id = {c["id"]: c for c in candidates}
     options_table = choice.pareto(choice.options_of(candidates))
@@ -154,8 +154,9 @@ def _extract(family: pf.Family, samples, cache_root: Path, options: ProbeOptions
     return ext, contract
 
 
-def _score_all(families, feats, usable, y, folds) -> tuple[list[dict], dict[str, np.ndarray]]:
-    candidates, correct = [], {}
+def _score_all(families, feats, usable, y, folds) -> tuple[list[dict], dict, dict]:
+    """Each candidate's row, its out-of-fold correctness and its features (by candidate id)."""
+    candidates, correct, features = [], {}, {}
     for family in families:
         ext, _ = feats[(family.backbone, family.image_size)]
         position = {s: i for i, s in enumerate(ext.samples)}
@@ -164,9 +165,9 @@ def _score_all(families, feats, usable, y, folds) -> tuple[list[dict], dict[str,
             x = rows[:, part]
             knn, logistic = scores.knn_loo(x, y), scores.logistic_cv(x, y, folds)
             cid = pf.label(family.backbone, family.image_size, cut)
-            correct[cid] = logistic
+            correct[cid], features[cid] = logistic, x
             candidates.append(_candidate(cid, family, cut, x, y, knn, logistic))
-    return candidates, correct
+    return candidates, correct, features
 
 
 def _candidate(cid, family, cut, x, y, knn, logistic) -> dict:
@@ -193,13 +194,16 @@ def _baseline(feats, usable, y, folds, options) -> tuple[dict, np.ndarray]:
             "estimate": round(float(logistic.mean()), 4)}, logistic
 
 
-def _measure_all(families, feats, candidates, usable, classes: int, options: ProbeOptions, echo) -> None:
-    """Fill each candidate's ``cost``: {precision: latency_ms, size_mb, ...}, measured.
+def _measure_all(families, feats, candidates, features, usable, y, classes: int, options: ProbeOptions,
+                 echo) -> None:
+    """Fill each candidate's ``cost``: {precision: latency_ms, size_mb, ...}, measured, and its
+    ``int8_agreement`` (``cost.int8_agreement``) when int8 is asked for.
 
     Every file is timed in ``cost.PASSES`` round-robin passes and keeps its pass with the lowest
     median, so a burst of other work on the machine does not land on one candidate only.
     """
     by_id = {c["id"]: c for c in candidates}
+    chosen = np.random.default_rng(options.seed).permutation(len(usable))[:cost.AGREEMENT_IMAGES]
     files = []   # (candidate, precision, bytes, size)
     for family in families:
         ext, contract = feats[(family.backbone, family.image_size)]
@@ -208,12 +212,17 @@ def _measure_all(families, feats, candidates, usable, classes: int, options: Pro
                              f"could not be converted to ONNX ({ext.record.get('reason')}); its cost "
                              "cannot be measured")
         sha = dict(zip(ext.samples, ext.content_sha))
-        calibration = np.stack([read_pixels(s.path, sha[s], contract) for s in usable[:CALIBRATION]])
+        pixels = np.stack([read_pixels(usable[i].path, sha[usable[i]], contract) for i in chosen])
         for index, cut in enumerate(family.cuts):
             cand = by_id[pf.label(family.backbone, family.image_size, cut)]
-            model = cost.classifier_onnx(ext.extractor.onnx, index, family.dims, classes)
+            head = cost.probe_head(features[cand["id"]], y, classes)
+            model = cost.classifier_onnx(ext.extractor.onnx, index, family.dims, head)
             for precision in options.precisions:
-                data = model if precision == "float32" else cost.quantize_int8(model, calibration)
+                data = model if precision == "float32" else cost.quantize_int8(model, pixels[:CALIBRATION])
+                if precision == "int8":
+                    reference = _softmax(features[cand["id"]][chosen], head)
+                    cand["int8_agreement"] = cost.int8_agreement(data, pixels, reference, options.model_threads,
+                                                                 options.device)
                 files.append((cand, precision, data, family.image_size))
     for cand, precision, data, size in files:
         cand.setdefault("cost", {})
@@ -227,6 +236,13 @@ def _measure_all(families, feats, candidates, usable, classes: int, options: Pro
         for cand in candidates:
             echo(f"measured {cand['id']}: " + ", ".join(
                 f"{p} {c['latency_ms']:.2f} ms {c['size_mb']:.2f} MB" for p, c in cand["cost"].items()))
+
+
+def _softmax(x: np.ndarray, head: dict) -> np.ndarray:
+    """The float32 classifier's probabilities from cached features (``cost.classifier_onnx``'s head)."""
+    logits = (np.asarray(x, np.float64) * head["scale"] + head["offset"]) @ head["weights"] + head["bias"]
+    logits -= logits.max(axis=1, keepdims=True)
+    return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
 
 
 def build_command(rec: dict) -> str:

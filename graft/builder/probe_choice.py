@@ -12,24 +12,38 @@ TOLERANCE = 0.01  # estimates this close to the best count as equal; the fastest
 
 
 def options_of(candidates: list[dict]) -> list[dict]:
-    """One row per candidate and measured precision: what a user could ship."""
+    """One row per candidate and measured precision: what a user could ship. An int8 row whose
+    agreement with float32 breaks export's int8 budget carries ``refused`` (why)."""
     rows = []
     for cand in candidates:
         for precision, cost in cand["cost"].items():
-            rows.append({"id": f"{cand['id']} {precision}", "candidate": cand["id"],
-                         "precision": precision, "estimate": cand["estimate"],
-                         "interval": cand["logistic"]["interval"], **cost})
+            row = {"id": f"{cand['id']} {precision}", "candidate": cand["id"],
+                   "precision": precision, "estimate": cand["estimate"],
+                   "interval": cand["logistic"]["interval"], **cost}
+            reason = refusal(cand) if precision == "int8" else None
+            rows.append({**row, "refused": reason} if reason else row)
     return rows
+
+
+def refusal(cand: dict) -> str | None:
+    """Why a candidate's int8 file may not be shipped (None: it may): its measured agreement."""
+    check = cand.get("int8_agreement")
+    if not check or not check["breaches"]:
+        return None
+    return (f"int8 refused: {'; '.join(check['breaches'])} against float32 on {check['images']} probe "
+            "images; graft export would fail its int8 check")
 
 
 def pareto(options: list[dict]) -> list[dict]:
     """Mark each option on the accuracy/latency front (no other is as fast and more accurate, or
-    faster and as accurate); the front first, fastest first, then the rest by estimate."""
+    faster and as accurate; refused options are on no front); the front first, fastest first,
+    then the rest by estimate."""
+    shippable = [o for o in options if not o.get("refused")]
     for row in options:
-        row["pareto"] = not any(
+        row["pareto"] = not row.get("refused") and not any(
             o is not row and o["latency_ms"] <= row["latency_ms"] and o["estimate"] >= row["estimate"]
             and (o["latency_ms"] < row["latency_ms"] or o["estimate"] > row["estimate"])
-            for o in options)
+            for o in shippable)
     front = sorted((o for o in options if o["pareto"]), key=lambda o: o["latency_ms"])
     rest = sorted((o for o in options if not o["pareto"]), key=lambda o: (-o["estimate"], o["latency_ms"]))
     return front + rest
@@ -48,14 +62,19 @@ def budget_text(latency_ms: float | None, size_mb: float | None) -> str:
 
 def recommend(options: list[dict], candidates: dict[str, dict], latency_ms: float | None,
               size_mb: float | None, tolerance: float = TOLERANCE) -> dict:
-    """The option to build: among those within the budget, the estimates within ``tolerance``
-    of the best; of those, float32 before int8 (no quantization loss), then the fastest.
+    """The option to build: among those within the budget and not refused, the estimates within
+    ``tolerance`` of the best; of those, float32 before int8 (no quantization loss), then the fastest.
 
     Raises:
         DataError: no option meets the budget (names the fastest and its cost).
     """
-    fitting = [o for o in options if within(o, latency_ms, size_mb)]
+    fitting = [o for o in options if within(o, latency_ms, size_mb) and not o.get("refused")]
     if not fitting:
+        refused = [o["id"] for o in options if o.get("refused") and within(o, latency_ms, size_mb)]
+        if refused:
+            raise DataError(f"no candidate meets the budget ({budget_text(latency_ms, size_mb)}) with an "
+                            f"export that would pass its check: {', '.join(refused)} fit(s) it, but its "
+                            "int8 agreement with float32 breaks export's int8 budget; raise the budget")
         fastest = min(options, key=lambda o: o["latency_ms"])
         smallest = min(options, key=lambda o: o["size_mb"])
         raise DataError(f"no candidate meets the budget ({budget_text(latency_ms, size_mb)}): the "

@@ -2,12 +2,16 @@
 
 A candidate's classifier is built as ONNX without TensorFlow: the family's
 converted feature model (see ``probe_features``) cut at the candidate's pooled
-features (``onnx.utils.Extractor``), with the head appended (a dense softmax
-of the right shape; its weights do not change its cost). Its int8 version is a
-real static quantization by onnxruntime with the settings ``graft export
+features (``onnx.utils.Extractor``), with the head appended as the build's
+head exports (standardisation as Mul and Add, then a dense softmax) carrying
+the logistic probe's weights fitted on every scored image. Its int8 version is
+a real static quantization by onnxruntime with the settings ``graft export
 --precision int8`` uses (QDQ, per-channel int8 weights, uint8 activations,
 min-max calibration on the user's images, Softmax kept in float). Each file
-is timed at batch 1 by graft's own runtime (``runtime.engines``).
+is timed at batch 1 by graft's own runtime (``runtime.engines``), and the int8
+file's top-1 agreement with the float32 classifier is measured on the probe's
+images and judged by export's int8 budget (``int8_agreement``): an int8 option
+that would fail `graft export`'s check is refused before anyone builds it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ OUTPUT = "features"           # the converted feature model's output (onnx_featu
 MIN_RUNS, MAX_RUNS = 5, 50    # batch-1 runs timed per file (after warm-up), within TIME_LIMIT
 TIME_LIMIT = 0.5              # seconds of timing per file and pass
 PASSES = 2                    # round-robin passes over all files (probe.py keeps each file's best)
+AGREEMENT_IMAGES = 200        # images (at most) on which each int8 file's agreement is measured
 
 
 def _concat_inputs(graph) -> list[str]:
@@ -39,30 +44,64 @@ def _concat_inputs(graph) -> list[str]:
     return list(node.input)
 
 
-def classifier_onnx(family_onnx: bytes, index: int, dims: list[int], classes: int) -> bytes:
+def classifier_onnx(family_onnx: bytes, index: int, dims: list[int], head: dict) -> bytes:
     """The candidate's classifier as ONNX: pixels -> cut ``index`` of the family (``dims``: the
-    width of each cut's features) -> head -> probs."""
+    width of each cut's features) -> head -> probs.
+
+    ``head``: float32 arrays ``scale`` and ``offset`` (D,) of the standardisation, ``weights``
+    (D, classes) and ``bias`` (classes,) of the dense softmax layer.
+    """
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load_from_string(family_onnx)
     tensor = OUTPUT if len(dims) == 1 else _concat_inputs(model.graph)[index]
-    dim = int(dims[index])
+    dim, classes = int(dims[index]), int(np.shape(head["bias"])[0])
     known = {v.name for v in model.graph.value_info} | {v.name for v in model.graph.output}
     if tensor not in known:  # the extractor needs the cut's shape, which tf2onnx may not record
         model.graph.value_info.append(
             helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, [None, dim]))
     sub = onnx.utils.Extractor(model).extract_model([model.graph.input[0].name], [tensor])
-    rng = np.random.default_rng(0)
-    weights = numpy_helper.from_array((rng.standard_normal((dim, classes)) * 0.01).astype(np.float32), "head_w")
-    bias = numpy_helper.from_array(np.zeros(classes, np.float32), "head_b")
-    sub.graph.initializer.extend([weights, bias])
-    sub.graph.node.extend([helper.make_node("MatMul", [tensor, "head_w"], ["head_logits"]),
-                           helper.make_node("Add", ["head_logits", "head_b"], ["head_sum"]),
+    sub.graph.initializer.extend(numpy_helper.from_array(np.asarray(head[k], np.float32), f"head_{k}")
+                                 for k in ("scale", "offset", "weights", "bias"))
+    sub.graph.node.extend([helper.make_node("Mul", [tensor, "head_scale"], ["head_scaled"]),
+                           helper.make_node("Add", ["head_scaled", "head_offset"], ["head_standard"]),
+                           helper.make_node("MatMul", ["head_standard", "head_weights"], ["head_logits"]),
+                           helper.make_node("Add", ["head_logits", "head_bias"], ["head_sum"]),
                            helper.make_node("Softmax", ["head_sum"], ["probs"], axis=-1)])
     del sub.graph.output[:]
     sub.graph.output.append(helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, [None, classes]))
     return sub.SerializeToString()
+
+
+def probe_head(x: np.ndarray, y: np.ndarray, classes: int) -> dict:
+    """The head a candidate's classifier carries: the logistic probe fitted on every scored image
+    (``x``: their features), with the head's standardisation, as ``classifier_onnx`` takes it."""
+    from graft.builder.probe_scores import fit_linear, moments
+
+    x = np.asarray(x, np.float64)
+    mean, sd = moments(x)
+    weights, bias = fit_linear((x - mean) / sd, y, classes)
+    return {"scale": 1 / sd, "offset": -mean / sd, "weights": weights, "bias": bias}
+
+
+def int8_agreement(int8_bytes: bytes, pixels: np.ndarray, reference: np.ndarray,
+                   threads: int | None = None, device: str = "cpu") -> dict:
+    """The int8 file's top-1 agreement with the float32 classifier's probabilities ``reference``
+    on ``pixels``, with its Wilson 95% interval, judged by export's default int8 budget."""
+    from graft.exporters.budgets import breaches, budget_for
+    from graft.runtime.engines import open_engine, run_batched
+    from graft.stats import wilson
+
+    engine = open_engine("candidate.int8.onnx", device=device, threads=threads, model_bytes=int8_bytes)
+    probs = np.concatenate(run_batched(engine, pixels.astype(np.float32)))
+    agree = probs.argmax(axis=1) == reference.argmax(axis=1)
+    low, high = wilson(int(agree.sum()), len(agree))
+    result = {"top1_agreement": round(float(agree.mean()), 4), "agreement_interval": [round(low, 4), round(high, 4)],
+              "images": int(len(agree)), "max_abs_diff": round(float(np.abs(probs - reference).max()), 6),
+              "reference": "the float32 classifier (the probe's head on the cached features)"}
+    result["breaches"] = breaches(result, budget_for("int8"))
+    return result
 
 
 def quantize_int8(model_bytes: bytes, pixels: np.ndarray) -> bytes:

@@ -108,6 +108,8 @@ def print_probe(result: dict, echo) -> None:
         echo(f"{mark} {row['candidate']:36} {row['precision']:7} {row['estimate']:>7.1%} "
              f"[{low:.1%}, {high:.1%}] {cand['knn']['accuracy']:>7.1%} {cand['logme']:>7.3f} "
              f"{row['latency_ms']:>7.2f} {row['size_mb']:>7.2f}")
+        if row.get("refused"):
+            echo(f"    {row['refused']}")
     base = result["baseline"]
     echo(f"  {'baseline: raw pixels':36} {'':7} {base['estimate']:>7.1%} [{base['logistic']['interval'][0]:.1%}, "
          f"{base['logistic']['interval'][1]:.1%}] {base['knn']['accuracy']:>7.1%}")

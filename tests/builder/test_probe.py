@@ -13,6 +13,7 @@ import pytest
 from graft.builder import probe_choice as choice
 from graft.builder import probe_scores as scores
 from graft.errors import BackboneError, DataError
+from graft.stats import wilson
 
 
 def blobs(n_per_class=30, classes=3, dim=16, spread=0.3, seed=0):
@@ -41,6 +42,20 @@ def test_logme_follows_the_paper_in_both_shapes():
     assert np.isfinite(wide) and np.isfinite(tall)
     label = np.eye(3)[y] + np.random.default_rng(0).normal(0, 0.01, (30, 3))
     assert scores.logme(label, y) > scores.logme(np.random.default_rng(0).normal(size=(30, 3)), y)
+
+
+def test_logistic_probe_in_the_span_of_the_rows_is_the_full_fit():
+    """With fewer images than features the probe fits on the rows' SVD coordinates: the same
+    L2-regularised solution as scikit-learn's fit on every feature."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = blobs(n_per_class=12, classes=3, dim=300, spread=2.0)
+    weights, bias = scores.fit_linear(x, y, 3, tol=1e-8)
+    full = LogisticRegression(C=scores.C, max_iter=5000, tol=1e-8).fit(x, y)
+    assert np.abs(weights.T - full.coef_).max() < 1e-3 * np.abs(full.coef_).max()
+    weights, bias = scores.fit_linear(x, y, 3)   # the probe's tolerance: the same predictions
+    other = blobs(n_per_class=12, classes=3, dim=300, spread=2.0, seed=0)[0] + np.random.default_rng(5).normal(0, 1, (36, 300))
+    assert ((other @ weights + bias).argmax(axis=1) == full.predict(other)).mean() >= 0.97
 
 
 def test_bootstrap_intervals():
@@ -82,6 +97,36 @@ def test_recommendation_pareto_and_budget():
     rec = choice.recommend(table, by_id, None, 1.5)    # only the int8 files are that small
     assert rec["precision"] == "int8"
     with pytest.raises(DataError, match=r"no candidate meets.*fastest is weak int8 at 0\.50 ms"):
+        choice.recommend(table, by_id, 0.1, None)
+
+
+def test_int8_whose_agreement_breaks_the_budget_is_refused():
+    """An int8 file that agrees with float32 on 150 of 200 probe images would fail `graft export`'s
+    int8 check: it is on no front, never recommended, and says why; a budget only it meets fails."""
+    from graft.exporters.budgets import breaches, budget_for
+
+    cands = _cands()
+    for cand, agreed in zip(cands, (150, 200, 200)):
+        check = {"top1_agreement": agreed / 200, "agreement_interval": list(wilson(agreed, 200)),
+                 "images": 200, "max_abs_diff": 0.5}
+        cand["int8_agreement"] = {**check, "breaches": breaches(check, budget_for("int8"))}
+    by_id = {c["id"]: c for c in cands}
+    table = choice.pareto(choice.options_of(cands))
+    big = next(r for r in table if r["id"] == "big int8")
+    assert not big["pareto"] and big["refused"].startswith("int8 refused: agreement 75.00% (n=200")
+    assert all("refused" not in r for r in table if r["id"] != "big int8")
+    assert [r["id"] for r in table if r["pareto"]] == ["weak int8", "small int8", "big float32"]
+    rec = choice.recommend(table, by_id, 4.0, None)    # small int8 agrees: it may be shipped
+    assert (rec["candidate"], rec["precision"]) == ("small", "int8")
+    cands[1]["int8_agreement"] = cands[0]["int8_agreement"]   # small int8 refused as well
+    table = choice.pareto(choice.options_of(cands))
+    rec = choice.recommend(table, by_id, 4.0, None)    # then only weak is left within 4 ms
+    assert (rec["candidate"], rec["precision"]) == ("weak", "float32")
+    cands[2]["int8_agreement"] = cands[0]["int8_agreement"]
+    table = choice.pareto(choice.options_of(cands))
+    with pytest.raises(DataError, match=r"would pass its check: weak int8 fit\(s\) it"):
+        choice.recommend(table, by_id, 0.7, None)       # only weak int8 is that fast
+    with pytest.raises(DataError, match="fastest is weak int8"):
         choice.recommend(table, by_id, 0.1, None)
 
 
@@ -129,6 +174,10 @@ def test_probe_command_on_a_source_model(tmp_path, probe_data, source_model):
     for cand in result["candidates"]:
         assert cand["feature_dim"] == 8 and 0 <= cand["logistic"]["interval"][0] <= cand["estimate"]
         assert cand["cost"]["float32"]["latency_ms"] > 0 and cand["cost"]["int8"]["size_mb"] > 0
+        check = cand["int8_agreement"]   # the real int8 file against float32 on the probe's images
+        assert check["images"] == result["images"] and 0 <= check["agreement_interval"][0] <= check["top1_agreement"]
+        assert (check["breaches"] == []) == all(
+            "refused" not in o for o in result["options"] if o["candidate"] == cand["id"])
     assert 15 <= result["images"] < 30 and result["split"]["used"] == "train+val"  # test split unseen
     assert result["baseline"]["description"].startswith("the same head on raw 32x32")
     assert result["verdict"]["n"] == result["images"] and "interval" in result["verdict"]

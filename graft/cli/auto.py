@@ -57,7 +57,7 @@ def export_for_budget(out: Path, rec: dict, budget: dict, threads, echo) -> dict
         CheckFailed: no exported file meets the budget when measured.
     """
     from graft.builder.probe_choice import budget_text, within
-    from graft.builder.probe_cost import measure
+    from graft.builder.probe_cost import PASSES, measure
     from graft.exporters import registry
     from graft.exporters.export import export_bundle
 
@@ -72,7 +72,9 @@ def export_for_budget(out: Path, rec: dict, budget: dict, threads, echo) -> dict
             verified = str(exc)
         row = bundle.find_export(bundle.read_manifest(out), "onnx", precision)
         path = out / row["path"]
-        found = measure(path.read_bytes(), rec["image_size"], threads)
+        data = path.read_bytes()   # timed as the probe timed its candidates: the better of its passes
+        found = min((measure(data, rec["image_size"], threads) for _ in range(PASSES)),
+                    key=lambda f: f["latency_ms"])
         record = {"path": row["path"], "precision": precision, **found, "budget": budget,
                   "verified": verified is None, **({"check_failed": verified} if verified else {}),
                   "meets_budget": verified is None and within(found, budget.get("latency_ms"),

@@ -42,7 +42,7 @@ class BuildOptions:
     image_size: int | None = None
     resize: str = "stretch"
     epochs: int = 30
-    min_steps: int = MIN_STEPS        # a small training split trains for more epochs (head.MIN_STEPS)
+    min_steps: int = MIN_STEPS        # the head's least optimizer steps (head.MIN_STEPS)
     batch_size: int = 32
     lr: float = 1e-3
     dropout: float = 0.2

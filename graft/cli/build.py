@@ -34,8 +34,8 @@ from graft.builder.backbones.registry import DEFAULT as DEFAULT_BACKBONE
 @click.option("--resize", type=click.Choice(["stretch", "crop"]), default="stretch", show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 10000), default=30, show_default=True)
 @click.option("--min-steps", type=click.IntRange(0, 10**6), default=300, show_default=True,
-              help="The head trains for at least this many optimizer steps: more epochs than "
-              "--epochs when the training split is small (early stopping still stops it); 0: off.")
+              help="The head trains for at least this many optimizer steps: each epoch passes over "
+              "a small training split as often as it takes (early stopping still stops it); 0: off.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)

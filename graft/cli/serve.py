@@ -48,6 +48,11 @@ INSTANCES = InstancesType()
               help="Engines per model version, each with its own threads; a request runs on a free one. "
               "auto: on the CPU one per core, one thread each (with --model-threads T, cores / T); "
               "on a GPU one.")
+@click.option("--instance-kind", type=click.Choice(["thread", "process"]), default="thread",
+              show_default=True,
+              help="Where instances run: in threads of the server, or each in a worker process of its "
+              "own that decodes and runs the model there (a crash in the engine costs one instance, "
+              "which is replaced, not the server; more CPU and memory per request).")
 @click.option("--model-threads", type=click.IntRange(1, 1024), default=None,
               help="Threads per instance: onnxruntime intra-op or LiteRT interpreter (default: 1 with "
               "--instances auto, else cores / instances).")

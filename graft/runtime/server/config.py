@@ -35,6 +35,7 @@ class ServerConfig:
     device: str = "auto"
     model_threads: int | None = None  # ONNX Runtime intra-op / LiteRT threads per instance
     instances: int | None = None      # engines per model version; None: from the cores and device
+    instance_kind: str = "thread"     # where instances run: "thread" (this process) or "process" (workers)
     spin_wait: bool = False           # let onnxruntime's idle intra-op threads spin (CPU instances)
     max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int | None = DEFAULT_MAX_PIXELS                  # per image

@@ -56,6 +56,9 @@ INSTANCES = InstancesType()
 @click.option("--model-threads", type=click.IntRange(1, 1024), default=None,
               help="Threads per instance: onnxruntime intra-op or LiteRT interpreter (default: 1 with "
               "--instances auto, else cores / instances).")
+@click.option("--pin-cores/--no-pin-cores", default=False, show_default=True,
+              help="Keep each CPU instance on cores of its own (when instances x threads fit the cores): "
+              "no instance migrates between cores, so its caches stay warm.")
 @click.option("--spin-wait/--no-spin-wait", default=False, show_default=True,
               help="Let onnxruntime's idle threads spin between calls (CPU): a little lower latency "
               "with several threads per instance, CPU taken from the other instances.")

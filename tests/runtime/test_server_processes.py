@@ -40,7 +40,7 @@ def alive(pid: int) -> bool:
 @pytest.fixture()
 def process_server(color_onnx):
     with thread_server(color_onnx, instances=2, max_batch_size=1, instance_kind="process",
-                       timeout_ms=20_000) as (server, internals):
+                       pin_cores=True, timeout_ms=20_000) as (server, internals):
         yield server, internals
 
 
@@ -50,6 +50,11 @@ def test_a_stopped_instance_process_holds_up_only_its_own_request(process_server
     assert described["kind"] == "process" and described["count"] == 2 and described["live"] == 2
     first, second = described["pids"]
     assert first != second and first != os.getpid() and alive(first) and alive(second)
+    from graft.runtime.server.instances import core_ids
+
+    if len(core_ids()) >= 2:  # two instances go round two cores: each process keeps to its own
+        assert described["cores"] == [[core] for core in core_ids()[:2]]
+        assert [sorted(os.sched_getaffinity(pid)) for pid in (first, second)] == described["cores"]
     os.kill(first, signal.SIGSTOP)   # instance 0 takes the next request and cannot finish it
     try:
         held: list[httpx.Response] = []

@@ -45,10 +45,22 @@ CPU_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    """How many cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(core_ids())
+
+
+def core_ids() -> list[int]:
+    """The cores this process may run on, by number."""
     with contextlib.suppress(AttributeError, OSError):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+        return sorted(os.sched_getaffinity(0)) or [0]
+    return list(range(max(1, os.cpu_count() or 1)))
+
+
+def pin_to(cores: tuple[int, ...] | None) -> None:
+    """Keep the calling thread (and the threads it starts) on ``cores``."""
+    if cores:
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setaffinity(0, cores)
 
 
 class Deferred(NamedTuple):
@@ -72,20 +84,31 @@ class InstancePlan:
     reason: str           # how the numbers were chosen, for the log and /v2/models/NAME
     warning: str | None = None
     kind: str = "thread"  # "process": each instance in a worker process; "thread": in the server's
+    cores: tuple[tuple[int, ...], ...] | None = None   # instance i's cores, when pinned
 
 
 def plan_instances(instances: int | None, threads: int | None, device: str,
-                   cores: int | None = None, kind: str = "thread") -> InstancePlan:
+                   cores: int | None = None, kind: str = "thread", pin: bool = False) -> InstancePlan:
     """Instances, threads per instance and their kind for ``device`` ("cpu", "cuda", ...).
 
     ``instances`` None means auto: on a GPU one; on the CPU ``cores // threads``
     with one thread per instance unless ``threads`` says otherwise. More
     instances x threads than cores is allowed, with a warning that says why it
     does not help. ``kind``: "thread" (in the server's process) or "process".
+    ``pin`` keeps each CPU instance on cores of its own, when they go round.
     """
-    plan = _count(instances, threads, device, cores or usable_cores())
-    where = "each in a worker process" if kind == "process" else "in the server's threads"
-    return InstancePlan(plan.count, plan.threads, f"{plan.reason}, {where}", plan.warning, kind)
+    ids = list(range(cores)) if cores else core_ids()
+    plan = _count(instances, threads, device, len(ids))
+    reason = plan.reason + (", each in a worker process" if kind == "process" else ", in the server's threads")
+    pinned = None
+    if pin and device not in GPU_DEVICES:
+        step = plan.threads or 1
+        if plan.count * step <= len(ids):
+            pinned = tuple(tuple(ids[i * step:(i + 1) * step]) for i in range(plan.count))
+            reason += ", pinned to cores " + " | ".join(",".join(map(str, c)) for c in pinned)
+        else:
+            reason += ", not pinned (more instances x threads than cores)"
+    return InstancePlan(plan.count, plan.threads, reason, plan.warning, kind, pinned)
 
 
 def _count(instances: int | None, threads: int | None, device: str, cores: int) -> InstancePlan:
@@ -114,9 +137,10 @@ class Instance:
     kind = "thread"
     pid: int | None = None   # the worker process, for instances in one
 
-    def __init__(self, index: int, run: Runner, name: str):
-        self.index, self.run = index, run
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"graft-{name}-{index}")
+    def __init__(self, index: int, run: Runner, name: str, cores: tuple[int, ...] | None = None):
+        self.index, self.run, self.cores = index, run, cores
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"graft-{name}-{index}",
+                                           initializer=pin_to, initargs=(cores,))
         self.state = "live"   # live | replacing | failed
         self.busy = False
         self.error: str | None = None
@@ -173,6 +197,7 @@ class InstancePool:
     def describe(self) -> dict:
         """Instance states for /v2/models/NAME."""
         return {"count": self.size, "live": self.live, "kind": self.instances[0].kind,
+                **({"cores": [list(i.cores) for i in self.instances]} if self.instances[0].cores else {}),
                 **({"pids": [i.pid for i in self.instances]} if self.instances[0].pid else {}),
                 "busy": sum(i.busy for i in self.instances if i.state == "live"),
                 "failed": [{"instance": i.index, "state": i.state, "error": i.error}

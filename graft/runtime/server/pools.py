@@ -27,7 +27,7 @@ log = logging.getLogger("graft.serve")
 
 def entry_plan(entry: ModelEntry, config: ServerConfig) -> InstancePlan:
     return plan_instances(config.instances, config.model_threads, entry.classifier.device,
-                          kind=config.instance_kind)
+                          kind=config.instance_kind, pin=config.pin_cores)
 
 
 def engine_options(classifier: Classifier, spin: bool = False) -> dict:
@@ -52,13 +52,19 @@ def load_instances(entry: ModelEntry, plan: InstancePlan, config: ServerConfig, 
     name, limit = f"{entry.name}:{entry.version}", config.batch_limit
     if plan.kind == "process":
         workers = process_instance.start_workers(len(indices), name, _opening(entry, plan, config))
-        return [process_instance.ProcessInstance(i, w, name, limit) for i, w in zip(indices, workers)]
+        return [process_instance.ProcessInstance(i, w, name, limit, cores_of(plan, i))
+                for i, w in zip(indices, workers)]
     made = []
     for index in indices:
         clone = load_instance(entry.classifier, plan, config.device, config.spin_wait)
-        made.append(Instance(index, lambda pixels, c=clone: c.predict_pixels(pixels, limit), name))
+        made.append(Instance(index, lambda pixels, c=clone: c.predict_pixels(pixels, limit), name,
+                             cores_of(plan, index)))
         made[-1].engine = clone.engine
     return made
+
+
+def cores_of(plan: InstancePlan, index: int) -> tuple[int, ...] | None:
+    return plan.cores[index] if plan.cores else None
 
 
 def make_batcher(entry: ModelEntry, config: ServerConfig, on_batch=None) -> Batcher:

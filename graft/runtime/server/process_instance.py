@@ -111,9 +111,13 @@ class ProcessInstance(Instance):
 
     kind = "process"
 
-    def __init__(self, index: int, worker: WorkerProcess, name: str, limit: int):
+    def __init__(self, index: int, worker: WorkerProcess, name: str, limit: int,
+                 cores: tuple[int, ...] | None = None):
         super().__init__(index, self._run_pixels, name)
-        self.worker, self.limit, self.pid = worker, limit, worker.pid
+        self.worker, self.limit, self.pid, self.cores = worker, limit, worker.pid, cores
+        if cores:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(worker.pid, cores)  # its threads started from now on keep to them
 
     def execute(self, parts: list, deadline: float | None) -> np.ndarray:
         work = [p.encoded if isinstance(p, Deferred) else p for p in parts]

@@ -48,9 +48,17 @@ INSTANCES = InstancesType()
               help="Engines per model version, each with its own threads; a request runs on a free one. "
               "auto: on the CPU one per core, one thread each (with --model-threads T, cores / T); "
               "on a GPU one.")
+@click.option("--instance-kind", type=click.Choice(["thread", "process"]), default="thread",
+              show_default=True,
+              help="Where instances run: in threads of the server, or each in a worker process of its "
+              "own that decodes and runs the model there (a crash in the engine costs one instance, "
+              "which is replaced, not the server; more CPU and memory per request).")
 @click.option("--model-threads", type=click.IntRange(1, 1024), default=None,
               help="Threads per instance: onnxruntime intra-op or LiteRT interpreter (default: 1 with "
               "--instances auto, else cores / instances).")
+@click.option("--pin-cores/--no-pin-cores", default=False, show_default=True,
+              help="Keep each CPU instance on cores of its own (when instances x threads fit the cores): "
+              "no instance migrates between cores, so its caches stay warm.")
 @click.option("--spin-wait/--no-spin-wait", default=False, show_default=True,
               help="Let onnxruntime's idle threads spin between calls (CPU): a little lower latency "
               "with several threads per instance, CPU taken from the other instances.")

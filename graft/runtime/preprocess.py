@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from graft.errors import ImageError, ImageTooLarge, UnsupportedImage
 
@@ -29,6 +29,12 @@ _RESAMPLE = {
 # graft never changes Pillow's global settings (Image.MAX_IMAGE_PIXELS stays the embedding
 # application's): its own limit is checked per call, from the header, and Pillow's own bomb
 # error (which Pillow raises first, for images over twice its limit) becomes the same error.
+
+
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}   # EXIF orientation -> the turn that makes it upright
 
 
 def describe(source: ImageSource) -> str:
@@ -79,7 +85,10 @@ def open_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Apply EXIF orientation and convert any mode (L, P, RGBA, CMYK, 16-bit...) to RGB."""
-    image = ImageOps.exif_transpose(image)
+    image.load()  # some formats (PNG) carry their EXIF after the pixels
+    turn = _ORIENTATION.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    if turn is not None:  # as ImageOps.exif_transpose turns it, without its copy of an upright image
+        image = image.transpose(turn)
     mode = image.mode
     if mode == "RGB":
         return image

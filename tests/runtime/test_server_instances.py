@@ -199,6 +199,27 @@ def test_instance_plans_fill_the_cores_and_warn_when_oversubscribed():
     over = plan_instances(3, None, "cpu", cores=2)
     assert over.count == 3 and over.warning.startswith(
         "3 instance(s) x 1 thread(s) oversubscribe the 2 core(s) this process may use")
+    assert plan_instances(None, None, "cpu", cores=4, pin=True).cores == ((0,), (1,), (2,), (3,))
+    assert plan_instances(2, 2, "cpu", cores=4, pin=True).cores == ((0, 1), (2, 3))
+    assert plan_instances(3, None, "cpu", cores=2, pin=True).cores is None  # they could not go round
+    assert plan_instances(None, None, "cpu", cores=4).cores is None
+
+
+def test_pinned_instances_run_on_their_own_cores(color_onnx):
+    """Each instance's thread keeps to the core the plan gave it, and /v2/models/NAME says which."""
+    from graft.runtime.server.instances import core_ids
+
+    count = min(2, len(core_ids()))
+    with thread_server(color_onnx, instances=count, max_batch_size=1, pin_cores=True) as (server, internals):
+        (entry,) = internals.repository.entries()
+        meta = httpx.get(server.url + "/v2/models/colors").json()
+        assert meta["instances"]["cores"] == [[core] for core in core_ids()[:count]]
+        assert "pinned to cores" in meta["instances"]["plan"]
+        for instance in entry.batcher.pool.instances:
+            seen = instance.executor.submit(lambda: sorted(__import__("os").sched_getaffinity(0))).result(10)
+            assert seen == list(instance.cores)
+        answers = post_all(server.url, ["red", "blue"])
+        assert [label(a) for a in answers] == ["red", "blue"]
 
 
 @pytest.mark.parametrize("value", ["0", "many", "257"])

@@ -23,10 +23,11 @@ from graft import __version__
 from graft.errors import GraftError
 from graft.runtime.server import openapi, page
 from graft.runtime.server.config import ServerConfig
-from graft.runtime.server.batcher import Deferred
 from graft.runtime.server.errors import BadRequest, RequestTimeout, ServerError, Unavailable
-from graft.runtime.server.intake import (ClientWatch, as_server_error, decode_images, read_body,
-                                         uploaded_images)
+from graft.runtime.server.decoding import as_server_error, decode_images
+from graft.runtime.server.instances import Deferred
+from graft.runtime.server.worker import Encoded
+from graft.runtime.server.intake import ClientWatch, read_body, uploaded_images
 from graft.runtime.server.metrics import Metrics
 from graft.runtime.server.pools import decide_batching, make_batcher
 from graft.runtime.server.protocol import HEADER_LENGTH, infer_response, parse_infer, parse_json
@@ -245,7 +246,7 @@ class Server:
         work = functools.partial(decode_images, entry, images, self.config.max_request_pixels,
                                  deadline, watch.gone)
         if not entry.batcher.combines:
-            return Deferred(work, len(images))
+            return Deferred(Encoded(images, self.config.max_request_pixels, deadline), work)
         return await watch.run(anyio.to_thread.run_sync(work, limiter=self.decode_limiter))
 
     async def _infer(self, request: Request, entry: ModelEntry, arrived: float,

@@ -28,13 +28,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 
 from graft.errors import GraftError
 from graft.runtime.server.errors import DeadlineExceeded, ServerError, Unavailable
-from graft.runtime.server.instances import Instance, InstancePool
+from graft.runtime.server.instances import Deferred, Instance, InstancePool
 
 log = logging.getLogger("graft.serve")
 
@@ -47,13 +47,6 @@ class BatchStats:
     requests: int
     compute_s: float
     queue_s: list[float]
-
-
-class Deferred(NamedTuple):
-    """Images still to decode: the instance that runs them calls ``decode()`` in its own thread."""
-
-    decode: Callable[[], np.ndarray]
-    size: int
 
 
 @dataclass
@@ -76,7 +69,7 @@ class Batcher:
                  on_batch: Callable[[BatchStats], None] | None = None, pool: InstancePool | None = None):
         if pool is None and run_batch is None:
             raise ValueError("a Batcher needs run_batch (one instance) or a pool of instances")
-        self.pool = pool or InstancePool([run_batch], name=name)
+        self.pool = pool or InstancePool([Instance(0, run_batch, name)], name=name)
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_queue_delay_s = max(0.0, float(max_queue_delay_s))
         self.max_queue = max(1, int(max_queue))
@@ -264,12 +257,11 @@ class Batcher:
     async def _execute(self, instance: Instance, batch: list[_Item]) -> None:
         start = time.perf_counter()
 
-        def run():  # in the instance's thread: decode what is still encoded, then the model call
-            arrays = [i.pixels.decode() if isinstance(i.pixels, Deferred) else i.pixels for i in batch]
-            return instance.run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
-
-        try:
-            probs = await asyncio.get_running_loop().run_in_executor(instance.executor, run)
+        deadlines = [item.deadline for item in batch]
+        deadline = None if None in deadlines else max(deadlines)
+        try:  # in the instance's thread: decode what is still encoded, then the model call
+            probs = await asyncio.get_running_loop().run_in_executor(
+                instance.executor, instance.execute, [item.pixels for item in batch], deadline)
         except GraftError as exc:  # the request's own fault: every request in the batch hears why
             self.pool.release(instance)
             self._answer(batch, exc if isinstance(exc, ServerError) else ServerError(f"inference failed: {exc}"))

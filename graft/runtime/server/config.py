@@ -35,6 +35,8 @@ class ServerConfig:
     device: str = "auto"
     model_threads: int | None = None  # ONNX Runtime intra-op / LiteRT threads per instance
     instances: int | None = None      # engines per model version; None: from the cores and device
+    instance_kind: str = "thread"     # where instances run: "thread" (this process) or "process" (workers)
+    pin_cores: bool = False           # keep each CPU instance on cores of its own
     spin_wait: bool = False           # let onnxruntime's idle intra-op threads spin (CPU instances)
     max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int | None = DEFAULT_MAX_PIXELS                  # per image

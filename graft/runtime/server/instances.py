@@ -6,10 +6,14 @@ fills the cores without oversubscribing them: one instance per core, each with
 one onnxruntime thread that does not spin while it waits (measured on two cores:
 as many or more requests than one instance of two threads, for less CPU per
 request; see docs/serve.md). On a GPU the default is one instance (batching
-keeps it busy).
+keeps it busy). Instances run in threads of the server; with ``--instance-kind
+process`` each runs in a worker process of its own (``process_instance``), which
+decodes and runs the model there: a crash or a leak in the engine then costs one
+instance, not the server (measured here: more CPU and memory per request, see
+docs/serve.md).
 
-An instance whose model call fails with an unexpected error is taken out of
-service: the requests it was running hear 503 at once, and a fresh engine is
+An instance whose model call fails with an unexpected error, or whose process
+exits, is taken out of service: the requests it was running hear 503 at once, and a fresh engine is
 loaded in its place (a few tries, then the model is marked failed). The pool
 is ready while at least one instance runs.
 """
@@ -22,9 +26,11 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
+
+from graft.runtime.server.worker import Encoded
 
 log = logging.getLogger("graft.serve")
 
@@ -39,32 +45,73 @@ CPU_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    """How many cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(core_ids())
+
+
+def core_ids() -> list[int]:
+    """The cores this process may run on, by number."""
     with contextlib.suppress(AttributeError, OSError):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+        return sorted(os.sched_getaffinity(0)) or [0]
+    return list(range(max(1, os.cpu_count() or 1)))
+
+
+def pin_to(cores: tuple[int, ...] | None) -> None:
+    """Keep the calling thread (and the threads it starts) on ``cores``."""
+    if cores:
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setaffinity(0, cores)
+
+
+class Deferred(NamedTuple):
+    """A request's images still to decode, by the instance that runs them: ``decode()`` in
+    its thread, or ``encoded`` sent to its process."""
+
+    encoded: Encoded
+    decode: Callable[[], np.ndarray]
+
+    @property
+    def size(self) -> int:
+        return len(self.encoded.images)
 
 
 @dataclass(frozen=True)
 class InstancePlan:
-    """How many instances of each model version, with how many engine threads each."""
+    """How many instances of each model version, with how many engine threads each, and where."""
 
     count: int
     threads: int | None   # None: the engine's own default (a GPU session)
     reason: str           # how the numbers were chosen, for the log and /v2/models/NAME
     warning: str | None = None
+    kind: str = "thread"  # "process": each instance in a worker process; "thread": in the server's
+    cores: tuple[tuple[int, ...], ...] | None = None   # instance i's cores, when pinned
 
 
 def plan_instances(instances: int | None, threads: int | None, device: str,
-                   cores: int | None = None) -> InstancePlan:
-    """Instances and threads per instance for ``device`` ("cpu", "cuda", ...).
+                   cores: int | None = None, kind: str = "thread", pin: bool = False) -> InstancePlan:
+    """Instances, threads per instance and their kind for ``device`` ("cpu", "cuda", ...).
 
     ``instances`` None means auto: on a GPU one; on the CPU ``cores // threads``
     with one thread per instance unless ``threads`` says otherwise. More
     instances x threads than cores is allowed, with a warning that says why it
-    does not help.
+    does not help. ``kind``: "thread" (in the server's process) or "process".
+    ``pin`` keeps each CPU instance on cores of its own, when they go round.
     """
-    cores = cores or usable_cores()
+    ids = list(range(cores)) if cores else core_ids()
+    plan = _count(instances, threads, device, len(ids))
+    reason = plan.reason + (", each in a worker process" if kind == "process" else ", in the server's threads")
+    pinned = None
+    if pin and device not in GPU_DEVICES:
+        step = plan.threads or 1
+        if plan.count * step <= len(ids):
+            pinned = tuple(tuple(ids[i * step:(i + 1) * step]) for i in range(plan.count))
+            reason += ", pinned to cores " + " | ".join(",".join(map(str, c)) for c in pinned)
+        else:
+            reason += ", not pinned (more instances x threads than cores)"
+    return InstancePlan(plan.count, plan.threads, reason, plan.warning, kind, pinned)
+
+
+def _count(instances: int | None, threads: int | None, device: str, cores: int) -> InstancePlan:
     if device in GPU_DEVICES:
         count = instances or 1
         return InstancePlan(count, threads, f"{count} instance(s) on {device}"
@@ -85,31 +132,45 @@ def plan_instances(instances: int | None, threads: int | None, device: str,
 
 
 class Instance:
-    """One engine and the one thread that runs it."""
+    """One engine and the one thread that runs it (a batch: decode, then one model call)."""
 
-    def __init__(self, index: int, run: Runner, name: str):
-        self.index, self.run = index, run
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"graft-{name}-{index}")
+    kind = "thread"
+    pid: int | None = None   # the worker process, for instances in one
+
+    def __init__(self, index: int, run: Runner, name: str, cores: tuple[int, ...] | None = None):
+        self.index, self.run, self.cores = index, run, cores
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"graft-{name}-{index}",
+                                           initializer=pin_to, initargs=(cores,))
         self.state = "live"   # live | replacing | failed
         self.busy = False
         self.error: str | None = None
 
+    def execute(self, parts: list, deadline: float | None) -> np.ndarray:
+        """Probabilities for ``parts`` (pixel arrays, or ``Deferred`` images); runs in ``executor``."""
+        arrays = [p.decode() if isinstance(p, Deferred) else p for p in parts]
+        return self.run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
+
     def close(self) -> None:
+        """Out of service: a call stuck in the thread keeps the thread, never the instance."""
         self.executor.shutdown(wait=False)
+
+    def stop(self) -> None:
+        """The server stops: wait for a running call (called off the event loop)."""
+        self.executor.shutdown()
 
 
 class InstancePool:
     """The instances of one model version; the batcher takes a free one, runs, gives it back.
 
-    ``load(index)`` makes a fresh runner (an engine) for instance ``index``; it is
-    called to replace an instance that failed. ``on_lost`` is called with a reason
+    ``load(index)`` makes a fresh instance (an engine) in place of instance
+    ``index``, one that failed. ``on_lost`` is called with a reason
     when an instance could not be replaced.
     """
 
-    def __init__(self, runners: list[Runner], load: Callable[[int], Runner] | None = None,
+    def __init__(self, instances: list[Instance], load: Callable[[int], Instance] | None = None,
                  name: str = "model"):
         self.name = name
-        self.instances = [Instance(i, run, name) for i, run in enumerate(runners)]
+        self.instances = instances
         self._load = load
         self._freed: asyncio.Event | None = None
         self._replacing: set[asyncio.Task] = set()
@@ -122,8 +183,8 @@ class InstancePool:
         for task in list(self._replacing):
             task.cancel()
         loop = asyncio.get_running_loop()
-        for instance in self.instances:  # a running call finishes in its thread; wait off the loop
-            await loop.run_in_executor(None, instance.executor.shutdown)
+        for instance in self.instances:  # a running call finishes first; wait off the loop
+            await loop.run_in_executor(None, instance.stop)
 
     @property
     def live(self) -> int:
@@ -135,7 +196,9 @@ class InstancePool:
 
     def describe(self) -> dict:
         """Instance states for /v2/models/NAME."""
-        return {"count": self.size, "live": self.live,
+        return {"count": self.size, "live": self.live, "kind": self.instances[0].kind,
+                **({"cores": [list(i.cores) for i in self.instances]} if self.instances[0].cores else {}),
+                **({"pids": [i.pid for i in self.instances]} if self.instances[0].pid else {}),
                 "busy": sum(i.busy for i in self.instances if i.state == "live"),
                 "failed": [{"instance": i.index, "state": i.state, "error": i.error}
                            for i in self.instances if i.state != "live"]}
@@ -166,7 +229,7 @@ class InstancePool:
         """Take ``instance`` out of service and load a replacement in the background."""
         instance.busy, instance.state = False, "replacing"
         instance.error = f"{type(exc).__name__}: {exc}"[:300]
-        instance.close()  # a call stuck in that thread keeps the thread, never the instance
+        instance.close()
         log.error("model %s: instance %d failed (%s); replacing it", self.name, instance.index,
                   instance.error)
         task = asyncio.get_running_loop().create_task(self._replace(instance))
@@ -180,14 +243,14 @@ class InstancePool:
                 error = "no loader to replace it"
                 break
             try:
-                run = await loop.run_in_executor(None, self._load, old.index)
+                fresh = await loop.run_in_executor(None, self._load, old.index)
             except Exception as exc:  # a failed load is retried, then given up
                 error = f"reloading failed: {type(exc).__name__}: {exc}"[:300]
                 log.error("model %s: instance %d: %s (try %d of %d)", self.name, old.index, error,
                           attempt, REPLACE_TRIES)
                 await asyncio.sleep(0.5 * attempt)
                 continue
-            self.instances[old.index] = Instance(old.index, run, self.name)
+            self.instances[old.index] = fresh
             log.warning("model %s: instance %d replaced", self.name, old.index)
             self._freed.set()
             return

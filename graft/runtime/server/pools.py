@@ -2,7 +2,8 @@
 
 ``make_batcher`` loads the instances ``plan_instances`` asks for (every one its
 own engine from the model file the repository loaded, checked against the same
-sha256) and puts a batcher in front of them. ``decide_batching`` settles, at
+sha256; in worker processes or in the server's threads, as the plan says) and
+puts a batcher in front of them. ``decide_batching`` settles, at
 start-up, whether that batcher combines requests (see ``batch_probe``).
 """
 
@@ -10,20 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import logging
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
-
-from graft.errors import IntegrityError
 from graft.runtime.classifier import Classifier
-from graft.runtime.engines import open_engine
-from graft.runtime.server import batch_probe
+from graft.runtime.server import batch_probe, process_instance, worker
 from graft.runtime.server.batcher import Batcher
 from graft.runtime.server.config import ServerConfig
-from graft.runtime.server.instances import (CPU_SESSION_CONFIG, GPU_DEVICES, InstancePlan,
+from graft.runtime.server.instances import (CPU_SESSION_CONFIG, GPU_DEVICES, Instance, InstancePlan,
                                             InstancePool, plan_instances)
 from graft.runtime.server.repository import ModelEntry
 
@@ -31,39 +26,55 @@ log = logging.getLogger("graft.serve")
 
 
 def entry_plan(entry: ModelEntry, config: ServerConfig) -> InstancePlan:
-    return plan_instances(config.instances, config.model_threads, entry.classifier.device)
+    return plan_instances(config.instances, config.model_threads, entry.classifier.device,
+                          kind=config.instance_kind, pin=config.pin_cores)
+
+
+def engine_options(classifier: Classifier, spin: bool = False) -> dict:
+    """An instance engine's options: on the CPU, onnxruntime's idle threads do not spin."""
+    if Path(classifier.source).suffix.lower() == ".onnx" and classifier.device not in GPU_DEVICES and not spin:
+        return {"session_config": CPU_SESSION_CONFIG}
+    return {}
 
 
 def load_instance(classifier: Classifier, plan: InstancePlan, device: str, spin: bool = False) -> Classifier:
     """A copy of ``classifier`` with an engine of its own (own session, own threads)."""
-    source = Path(classifier.source)
-    data = source.read_bytes()
-    if classifier.sha256 and hashlib.sha256(data).hexdigest() != classifier.sha256:
-        raise IntegrityError(f"{source}: the model file changed since the server loaded it; "
-                             "restart the server to serve the new file")
-    options = {}
-    if source.suffix.lower() == ".onnx" and classifier.device not in GPU_DEVICES and not spin:
-        options["session_config"] = CPU_SESSION_CONFIG
-    clone = copy.copy(classifier)
-    clone.engine = open_engine(source, device=device, threads=plan.threads, model_bytes=data, **options)
-    return clone
+    return worker.open_model(copy.copy(classifier), device, plan.threads, engine_options(classifier, spin))
+
+
+def _opening(entry: ModelEntry, plan: InstancePlan, config: ServerConfig) -> tuple:
+    return process_instance.opening(entry.name, entry.classifier, config.device, plan.threads,
+                                    engine_options(entry.classifier, config.spin_wait))
+
+
+def load_instances(entry: ModelEntry, plan: InstancePlan, config: ServerConfig, indices: list[int]) -> list[Instance]:
+    """Fresh instances ``indices`` of ``entry``: worker processes, or engines in this process."""
+    name, limit = f"{entry.name}:{entry.version}", config.batch_limit
+    if plan.kind == "process":
+        workers = process_instance.start_workers(len(indices), name, _opening(entry, plan, config))
+        return [process_instance.ProcessInstance(i, w, name, limit, cores_of(plan, i))
+                for i, w in zip(indices, workers)]
+    made = []
+    for index in indices:
+        clone = load_instance(entry.classifier, plan, config.device, config.spin_wait)
+        made.append(Instance(index, lambda pixels, c=clone: c.predict_pixels(pixels, limit), name,
+                             cores_of(plan, index)))
+        made[-1].engine = clone.engine
+    return made
+
+
+def cores_of(plan: InstancePlan, index: int) -> tuple[int, ...] | None:
+    return plan.cores[index] if plan.cores else None
 
 
 def make_batcher(entry: ModelEntry, config: ServerConfig, on_batch=None) -> Batcher:
     """The batcher of one model version, with its instances loaded (batching off until decided)."""
     plan = entry_plan(entry, config)
     name = f"{entry.name}:{entry.version}"
-    limit = config.batch_limit
-
-    def load(index: int) -> Callable[[np.ndarray], np.ndarray]:
-        clone = load_instance(entry.classifier, plan, config.device, config.spin_wait)
-        run = lambda pixels: clone.predict_pixels(pixels, limit)  # noqa: E731
-        run.engine = clone.engine
-        return run
-
-    runners = [load(index) for index in range(plan.count)]
-    entry.classifier.engine = runners[0].engine  # the repository's own engine is not kept
-    pool = InstancePool(runners, load, name=name)
+    loaded = load_instances(entry, plan, config, list(range(plan.count)))
+    if plan.kind == "thread":
+        entry.classifier.engine = loaded[0].engine  # the repository's own engine is not kept
+    pool = InstancePool(loaded, lambda index: load_instances(entry, plan, config, [index])[0], name=name)
     batcher = Batcher(max_batch_size=1, max_queue_delay_s=config.max_queue_delay_ms / 1000,
                       max_queue=config.max_queue, name=name, on_batch=on_batch, pool=pool)
     batcher.plan = plan
@@ -96,10 +107,14 @@ async def decide_batching(entry: ModelEntry, config: ServerConfig) -> dict:
 
 def _measure(entry: ModelEntry, config: ServerConfig) -> dict:
     """Time a throw-away instance, so the probe's batch buffers leave no memory behind."""
-    probe = load_instance(entry.classifier, entry.batcher.plan, config.device, config.spin_wait)
-    height, width = probe.input_size
-    pixels = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
-    shape = probe.engine.input_shape
-    fixed_batch = shape[0] if shape and isinstance(shape[0], int) else None
-    limit = config.batch_limit
-    return batch_probe.decide(lambda p: probe.predict_pixels(p, limit), pixels, limit, fixed_batch)
+    plan = entry.batcher.plan
+    if plan.kind == "process":
+        (throwaway,) = process_instance.start_workers(1, f"{entry.name}:{entry.version}",
+                                                      _opening(entry, plan, config))
+        try:
+            throwaway.send(("probe", config.batch_limit))
+            return throwaway.receive(process_instance.START_TIMEOUT_S, "it measured batching")
+        finally:
+            throwaway.stop()
+    probe = load_instance(entry.classifier, plan, config.device, config.spin_wait)
+    return worker.probe(worker.Model(entry.name, probe), config.batch_limit)

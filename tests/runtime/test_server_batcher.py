@@ -13,6 +13,7 @@ import pytest
 
 from graft.runtime.server.batcher import Batcher
 from graft.runtime.server.errors import DeadlineExceeded, Unavailable
+from graft.runtime.server.instances import Instance, InstancePool
 
 from server_harness import image_bytes, metric, raw_request, thread_server, wait_for
 
@@ -126,6 +127,59 @@ def test_a_lone_request_is_not_held_for_the_queue_delay():
         return result[0].item()
 
     assert run(main()) == 5.0
+
+
+def test_a_lone_request_waits_in_the_busy_instance_thread_and_the_rest_in_the_queue():
+    async def main():
+        gate = Gate()
+        batcher = Batcher(gate, max_batch_size=1)  # batching off: requests run alone
+        first = await started(batcher, gate, rows(1))
+        rest = [asyncio.create_task(batcher.submit(rows(value))) for value in (2, 3)]
+        await asyncio.sleep(0.05)
+        (instance,) = batcher.pool.instances
+        seen = (instance.handed, len(batcher._items), batcher.queued)
+        gate.open.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return seen, [r[0].item() for r in results]
+
+    # the second is handed to the instance's thread (it starts the moment the first ends);
+    # the third waits in the queue; both count as pending
+    assert run(main()) == ((2, 1, 2), [1.0, 2.0, 3.0])
+
+
+def test_a_request_handed_to_an_instance_that_breaks_gets_503_too():
+    calls, loads = [], []
+
+    def broken(pixels):
+        calls.append(len(pixels))
+        time.sleep(0.05)
+        raise RuntimeError("device lost")
+
+    def working(pixels):
+        return pixels.reshape(len(pixels), -1).sum(axis=1, keepdims=True)
+
+    def load(index):
+        loads.append(index)
+        return Instance(index, working, "m")
+
+    async def main():
+        pool = InstancePool([Instance(0, broken, "m")], load=load)
+        batcher = Batcher(max_batch_size=1, name="m:1", pool=pool)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(rows(v)) for v in (1, 2)), return_exceptions=True)
+        while pool.live == 0:  # the replacement loads in the background
+            await asyncio.sleep(0.01)
+        after = await batcher.submit(rows(7))
+        await asyncio.sleep(0.1)  # a second replacement, had one been started, would load now
+        await batcher.stop()
+        return results, after[0].item()
+
+    results, after = run(main())
+    assert [type(r) for r in results] == [Unavailable, Unavailable]
+    assert all("instance 0 failed while running this request (RuntimeError: device lost)" in str(r)
+               for r in results)
+    assert calls == [1, 1] and loads == [0] and after == 7.0  # replaced once; the new one answers
 
 
 def test_a_forming_batch_waits_for_requests_still_arriving():

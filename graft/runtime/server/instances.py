@@ -142,8 +142,12 @@ class Instance:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"graft-{name}-{index}",
                                            initializer=pin_to, initargs=(cores,))
         self.state = "live"   # live | replacing | failed
-        self.busy = False
+        self.handed = 0       # batches handed to its thread and not yet answered
         self.error: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.handed > 0
 
     def execute(self, parts: list, deadline: float | None) -> np.ndarray:
         """Probabilities for ``parts`` (pixel arrays, or ``Deferred`` images); runs in ``executor``."""
@@ -211,23 +215,31 @@ class InstancePool:
         waiting = any(i.state == "replacing" for i in self.instances)
         return f"no instance is running ({errors}){'; being replaced' if waiting else ''}"
 
-    async def acquire(self) -> Instance:
-        """The first free live instance, waiting until one is free (only the collector calls this)."""
+    async def acquire(self, depth: int = 1) -> Instance:
+        """The first free live instance, else the first with fewer than ``depth`` batches
+        handed to it, waiting until there is one (only the collector calls this).
+
+        A depth of 2 lets an instance's thread go from one request straight to the
+        next, without waiting for the event loop to hand it over.
+        """
         while True:
-            for instance in self.instances:
-                if instance.state == "live" and not instance.busy:
-                    instance.busy = True
-                    return instance
+            for limit in range(1, depth + 1):
+                for instance in self.instances:
+                    if instance.state == "live" and instance.handed < limit:
+                        instance.handed += 1
+                        return instance
             self._freed.clear()
             await self._freed.wait()
 
     def release(self, instance: Instance) -> None:
-        instance.busy = False
+        instance.handed = max(0, instance.handed - 1)
         self._freed.set()
 
     def failed(self, instance: Instance, exc: BaseException) -> None:
         """Take ``instance`` out of service and load a replacement in the background."""
-        instance.busy, instance.state = False, "replacing"
+        if instance.state != "live":  # a batch handed to it before it failed: replaced already
+            return
+        instance.handed, instance.state = 0, "replacing"
         instance.error = f"{type(exc).__name__}: {exc}"[:300]
         instance.close()
         log.error("model %s: instance %d failed (%s); replacing it", self.name, instance.index,

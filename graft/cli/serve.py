@@ -62,6 +62,11 @@ INSTANCES = InstancesType()
 @click.option("--spin-wait/--no-spin-wait", default=False, show_default=True,
               help="Let onnxruntime's idle threads spin between calls (CPU): a little lower latency "
               "with several threads per instance, CPU taken from the other instances.")
+@click.option("--lone-request-threads", type=click.IntRange(0, 1024), default=0, show_default=True,
+              help="Load one more engine, of this many threads (e.g. the number of cores), for a request "
+              "that is alone: with no other request about for a second and every instance idle, it runs "
+              "there, on every core, at lower latency (more memory: one engine more; 0: off). CPU "
+              "instances in threads only.")
 @click.option("--max-body-mb", type=click.FloatRange(0.001, 4096), default=32, show_default=True,
               help="Largest request body; bigger ones get 413.")
 @click.option("--max-pixels", type=click.IntRange(1), default=50_000_000, show_default=True,
@@ -86,6 +91,9 @@ def serve(model, max_body_mb, **options):
     from graft.runtime.server import ServerConfig, serve as run_server
 
     options["artifacts"] = tuple(options["artifacts"])
+    if options["lone_request_threads"] and options["instance_kind"] == "process":
+        raise click.BadOptionUsage("lone_request_threads", "--lone-request-threads works with instances in "
+                                   "threads; leave it out with --instance-kind process")
     config = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), **options)
     run_server(model, config, echo=click.echo)
 

@@ -265,3 +265,107 @@ def test_more_instances_than_cores_start_with_a_warning(color_onnx):
     log = server.process.stderr.read()
     assert (f"model colors:1: {count} instance(s) x 1 thread(s) oversubscribe the {count - 1} core(s) "
             "this process may use") in log
+
+
+# ------------------------------------------------------------ a request alone
+def test_a_request_alone_runs_on_the_lone_engine_and_requests_together_on_the_instances(monkeypatch):
+    import asyncio
+
+    from graft.runtime.server import batcher as batcher_module
+    from graft.runtime.server.batcher import Batcher
+    from graft.runtime.server.instances import Instance, InstancePool
+
+    monkeypatch.setattr(batcher_module, "ALONE_AFTER_S", 0.3)
+    ran_on = []
+
+    def engine(name):
+        def run(pixels):
+            ran_on.append(name)
+            time.sleep(0.02)
+            return pixels.reshape(len(pixels), -1).sum(axis=1, keepdims=True)
+        return run
+
+    async def main():
+        pool = InstancePool([Instance(0, engine(0), "m"), Instance(1, engine(1), "m")], name="m:1",
+                            lone=Instance(2, engine("lone"), "m", threads=2))
+        batcher = Batcher(max_batch_size=1, name="m:1", pool=pool)
+        batcher.start()
+        pixels = np.ones((1, 1, 1, 1), np.float32)
+        await batcher.submit(pixels)                                    # alone
+        await asyncio.gather(batcher.submit(pixels), batcher.submit(pixels))   # two at once
+        await batcher.submit(pixels)                                    # alone, but right after two
+        await asyncio.sleep(0.4)
+        await batcher.submit(pixels)                                    # alone for a while again
+        await batcher.stop()
+        return pool.describe()["lone_request"]
+
+    described = asyncio.run(main())
+    assert ran_on[0] == "lone" and sorted(ran_on[1:3]) == [0, 1]
+    assert ran_on[3] in (0, 1) and ran_on[4] == "lone"
+    assert described == {"threads": 2, "state": "live", "runs": 2, "error": None}
+
+
+def test_the_lone_engine_is_served_in_the_model_metadata(color_onnx):
+    with thread_server(color_onnx, instances=2, max_batch_size=1, lone_request_threads=2) as (server, _):
+        answer = httpx.post(server.url + CLASSIFY, content=image_bytes("red"), timeout=30)
+        assert label(answer) == "red"
+        described = httpx.get(server.url + "/v2/models/colors").json()["instances"]
+        assert described["count"] == 2
+        assert described["lone_request"] == {"threads": 2, "state": "live", "runs": 1, "error": None}
+
+
+def test_no_instance_starts_while_the_lone_engine_runs(color_onnx):
+    with thread_server(color_onnx, instances=2, max_batch_size=1, lone_request_threads=2) as (server, internals):
+        (entry,) = internals.repository.entries()
+        pool, events, gate = entry.batcher.pool, [], threading.Event()
+        real_lone = pool.lone.run
+
+        def held(pixels):
+            events.append("lone starts")
+            gate.wait(10)
+            events.append("lone ends")
+            return real_lone(pixels)
+
+        pool.lone.run = held
+        for instance in pool.instances:
+            instance.run = lambda pixels, real=instance.run: (events.append("instance runs"), real(pixels))[1]
+        first = threading.Thread(target=lambda: httpx.post(server.url + CLASSIFY, content=image_bytes("red"),
+                                                           timeout=30))
+        first.start()
+        wait_for(lambda: events == ["lone starts"], 10, "the lone engine to take the first request")
+        second = threading.Thread(target=lambda: httpx.post(server.url + CLASSIFY, content=image_bytes("blue"),
+                                                            timeout=30))
+        second.start()
+        key = 'nv_inference_pending_request_count{model="colors",version="1"}'
+        wait_for(lambda: metric(server.url, key) == 1, 10, "the second request to queue")
+        time.sleep(0.2)
+        assert events == ["lone starts"]  # the second waits: the lone engine holds every core
+        gate.set()
+        first.join(30)
+        second.join(30)
+        assert events == ["lone starts", "lone ends", "instance runs"]
+
+
+def test_a_failing_lone_engine_answers_503_and_requests_alone_go_to_the_instances(color_onnx):
+    with thread_server(color_onnx, instances=1, max_batch_size=1, lone_request_threads=2) as (server, internals):
+        (entry,) = internals.repository.entries()
+
+        def broken(pixels):
+            raise RuntimeError("out of threads")
+
+        entry.batcher.pool.lone.run = broken
+        failed = httpx.post(server.url + CLASSIFY, content=image_bytes("red"), timeout=30)
+        assert failed.status_code == 503
+        assert ("the engine for requests alone failed while running this request (RuntimeError: out of "
+                "threads); they run on the instances now, retry") in failed.json()["error"]
+        after = httpx.post(server.url + CLASSIFY, content=image_bytes("red"), timeout=30)
+        assert after.status_code == 200 and label(after) == "red"
+        assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+        described = httpx.get(server.url + "/v2/models/colors").json()["instances"]["lone_request"]
+        assert described["state"] == "failed" and "out of threads" in described["error"]
+
+
+def test_lone_request_threads_with_worker_processes_is_refused():
+    result = CliRunner().invoke(serve, ["model.onnx", "--instance-kind", "process", "--lone-request-threads", "2"])
+    assert result.exit_code == 2
+    assert "--lone-request-threads works with instances in threads" in result.output

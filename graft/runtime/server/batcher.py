@@ -41,6 +41,7 @@ from graft.runtime.server.instances import Deferred, Instance, InstancePool
 
 log = logging.getLogger("graft.serve")
 HANDOFF_DEPTH = 2  # requests handed to one instance's thread at once, when they run alone
+ALONE_AFTER_S = 1.0  # a request counts as alone when no two have been held at once for this long
 
 
 @dataclass
@@ -85,6 +86,8 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._arriving = 0
+        self._held = 0                  # requests submitted and not yet answered
+        self._together_at = -ALONE_AFTER_S  # when two requests were last held at once (monotonic)
         self.failure: str | None = None  # why the batcher stopped for good; None while it runs
         self.plan = None       # the InstancePlan it was made from (pools.make_batcher)
         self.decision: dict = {"enabled": self.max_batch_size > 1, "max_batch_size": self.max_batch_size,
@@ -184,6 +187,9 @@ class Batcher:
             raise DeadlineExceeded(_late(self.name, "before it was queued"))
         item = _Item(pixels, deadline, asyncio.get_running_loop().create_future())
         self._items.append(item)
+        self._held += 1
+        if self._held > 1:
+            self._together_at = time.monotonic()
         self._wakeup.set()
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), remaining)
@@ -193,6 +199,8 @@ class Batcher:
         except asyncio.CancelledError:  # the caller stopped waiting (e.g. its client went away)
             self._abandon(item)
             raise
+        finally:
+            self._held -= 1
 
     def _abandon(self, item: _Item) -> None:
         """Nobody waits for ``item`` any more: leave the queue now (a running batch still runs)."""
@@ -209,7 +217,7 @@ class Batcher:
                 continue
             # FIFO: the queue's head goes to the first free instance; a request that runs alone
             # may also wait in a busy one's thread, to start the moment the running one ends
-            instance = await self.pool.acquire(depth=1 if self.combines else HANDOFF_DEPTH)
+            instance = await self.pool.acquire(depth=1 if self.combines else HANDOFF_DEPTH, alone=self._alone())
             self._gathering = []
             batch = await self._gather(self._gathering)
             self._gathering = []
@@ -220,6 +228,12 @@ class Batcher:
             task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
             self._running[task] = batch
             task.add_done_callback(self._executed)
+
+    def _alone(self) -> bool:
+        """Whether the request at the head is the only one about, and has been for a while:
+        then an idle pool may run it on every core (``InstancePool.lone``)."""
+        return (self._held == 1 and self._arriving == 0 and not self.combines
+                and time.monotonic() - self._together_at > ALONE_AFTER_S)
 
     def _executed(self, task: asyncio.Task) -> None:
         self._running.pop(task, None)
@@ -275,9 +289,10 @@ class Batcher:
             return
         except Exception as exc:  # the instance broke: replace it, tell its requests at once
             self.pool.failed(instance, exc)
-            self._answer(batch, Unavailable(f"model {self.name!r}: instance {instance.index} failed while "
-                                            f"running this request ({type(exc).__name__}: {exc}); it is "
-                                            "being replaced, retry"[:400]))
+            what, then = ((f"instance {instance.index}", "it is being replaced") if instance is not self.pool.lone
+                          else ("the engine for requests alone", "they run on the instances now"))
+            self._answer(batch, Unavailable(f"model {self.name!r}: {what} failed while running this request "
+                                            f"({type(exc).__name__}: {exc}); {then}, retry"[:400]))
             return
         self.pool.release(instance)
         compute_s = time.perf_counter() - start

@@ -38,6 +38,7 @@ class ServerConfig:
     instance_kind: str = "thread"     # where instances run: "thread" (this process) or "process" (workers)
     pin_cores: bool = False           # keep each CPU instance on cores of its own
     spin_wait: bool = False           # let onnxruntime's idle intra-op threads spin (CPU instances)
+    lone_request_threads: int = 0     # >0: a request alone runs on an extra engine of this many threads
     max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int | None = DEFAULT_MAX_PIXELS                  # per image
     max_request_pixels: int | None = DEFAULT_MAX_REQUEST_PIXELS  # summed over one request's images

@@ -137,8 +137,9 @@ class Instance:
     kind = "thread"
     pid: int | None = None   # the worker process, for instances in one
 
-    def __init__(self, index: int, run: Runner, name: str, cores: tuple[int, ...] | None = None):
-        self.index, self.run, self.cores = index, run, cores
+    def __init__(self, index: int, run: Runner, name: str, cores: tuple[int, ...] | None = None,
+                 threads: int | None = None):
+        self.index, self.run, self.cores, self.threads = index, run, cores, threads
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"graft-{name}-{index}",
                                            initializer=pin_to, initargs=(cores,))
         self.state = "live"   # live | replacing | failed
@@ -172,10 +173,13 @@ class InstancePool:
     """
 
     def __init__(self, instances: list[Instance], load: Callable[[int], Instance] | None = None,
-                 name: str = "model"):
+                 name: str = "model", lone: Instance | None = None):
         self.name = name
         self.instances = instances
         self._load = load
+        self.lone = lone           # an engine whose threads span the cores, for a request alone
+        self.lone_runs = 0
+        self._lone_running = False
         self._freed: asyncio.Event | None = None
         self._replacing: set[asyncio.Task] = set()
         self.on_lost: Callable[[str], None] | None = None
@@ -187,8 +191,8 @@ class InstancePool:
         for task in list(self._replacing):
             task.cancel()
         loop = asyncio.get_running_loop()
-        for instance in self.instances:  # a running call finishes first; wait off the loop
-            await loop.run_in_executor(None, instance.stop)
+        for instance in [*self.instances, *([self.lone] if self.lone else [])]:
+            await loop.run_in_executor(None, instance.stop)  # a running call finishes first
 
     @property
     def live(self) -> int:
@@ -205,7 +209,9 @@ class InstancePool:
                 **({"pids": [i.pid for i in self.instances]} if self.instances[0].pid else {}),
                 "busy": sum(i.busy for i in self.instances if i.state == "live"),
                 "failed": [{"instance": i.index, "state": i.state, "error": i.error}
-                           for i in self.instances if i.state != "live"]}
+                           for i in self.instances if i.state != "live"],
+                **({"lone_request": {"threads": self.lone.threads, "state": self.lone.state,
+                                     "runs": self.lone_runs, "error": self.lone.error}} if self.lone else {})}
 
     def problem(self) -> str | None:
         """Why no request can run now (no live instance), or None."""
@@ -215,28 +221,46 @@ class InstancePool:
         waiting = any(i.state == "replacing" for i in self.instances)
         return f"no instance is running ({errors}){'; being replaced' if waiting else ''}"
 
-    async def acquire(self, depth: int = 1) -> Instance:
+    async def acquire(self, depth: int = 1, alone: bool = False) -> Instance:
         """The first free live instance, else the first with fewer than ``depth`` batches
         handed to it, waiting until there is one (only the collector calls this).
 
         A depth of 2 lets an instance's thread go from one request straight to the
-        next, without waiting for the event loop to hand it over.
+        next, without waiting for the event loop to hand it over. ``alone``: the
+        request is the only one about; with every instance idle it runs on the
+        ``lone`` engine, whose threads take every core, so no instance starts meanwhile.
         """
         while True:
-            for limit in range(1, depth + 1):
-                for instance in self.instances:
-                    if instance.state == "live" and instance.handed < limit:
-                        instance.handed += 1
-                        return instance
+            if not self._lone_running:
+                if alone and self.lone is not None and self.lone.state == "live" \
+                        and not any(i.handed for i in self.instances):
+                    self._lone_running, self.lone.handed = True, 1
+                    return self.lone
+                for limit in range(1, depth + 1):
+                    for instance in self.instances:
+                        if instance.state == "live" and instance.handed < limit:
+                            instance.handed += 1
+                            return instance
             self._freed.clear()
             await self._freed.wait()
 
     def release(self, instance: Instance) -> None:
         instance.handed = max(0, instance.handed - 1)
+        if instance is self.lone:
+            self._lone_running = False
+            self.lone_runs += 1
         self._freed.set()
 
     def failed(self, instance: Instance, exc: BaseException) -> None:
         """Take ``instance`` out of service and load a replacement in the background."""
+        if instance is self.lone:  # not replaced: requests alone run on the instances from now on
+            self._lone_running, instance.handed, instance.state = False, 0, "failed"
+            instance.error = f"{type(exc).__name__}: {exc}"[:300]
+            instance.close()
+            log.error("model %s: the engine for requests alone failed (%s); they run on the instances "
+                      "from now on", self.name, instance.error)
+            self._freed.set()
+            return
         if instance.state != "live":  # a batch handed to it before it failed: replaced already
             return
         instance.handed, instance.state = 0, "replacing"

@@ -63,6 +63,22 @@ def load_instances(entry: ModelEntry, plan: InstancePlan, config: ServerConfig, 
     return made
 
 
+def load_lone(entry: ModelEntry, plan: InstancePlan, config: ServerConfig) -> Instance | None:
+    """The engine for requests alone (``--lone-request-threads``), for CPU instances in threads.
+
+    Its threads may spin: it runs only while every instance idles, for the lowest latency.
+    """
+    threads = config.lone_request_threads
+    if not threads or plan.kind != "thread" or entry.classifier.device in GPU_DEVICES:
+        return None
+    clone = load_instance(entry.classifier, InstancePlan(1, threads, ""), config.device, spin=True)
+    limit = config.batch_limit
+    lone = Instance(plan.count, lambda pixels: clone.predict_pixels(pixels, limit), f"{entry.name}-alone",
+                    threads=threads)
+    lone.engine = clone.engine
+    return lone
+
+
 def cores_of(plan: InstancePlan, index: int) -> tuple[int, ...] | None:
     return plan.cores[index] if plan.cores else None
 
@@ -74,7 +90,8 @@ def make_batcher(entry: ModelEntry, config: ServerConfig, on_batch=None) -> Batc
     loaded = load_instances(entry, plan, config, list(range(plan.count)))
     if plan.kind == "thread":
         entry.classifier.engine = loaded[0].engine  # the repository's own engine is not kept
-    pool = InstancePool(loaded, lambda index: load_instances(entry, plan, config, [index])[0], name=name)
+    pool = InstancePool(loaded, lambda index: load_instances(entry, plan, config, [index])[0], name=name,
+                        lone=load_lone(entry, plan, config))
     batcher = Batcher(max_batch_size=1, max_queue_delay_s=config.max_queue_delay_ms / 1000,
                       max_queue=config.max_queue, name=name, on_batch=on_batch, pool=pool)
     batcher.plan = plan
@@ -88,7 +105,8 @@ def settle(entry: ModelEntry, config: ServerConfig) -> dict:
     if batcher.decision.get("decided_by") != "pending":
         return batcher.decision
     name = f"{entry.name}:{entry.version}"
-    log.info("model %s: %s", name, batcher.plan.reason)
+    log.info("model %s: %s", name, batcher.plan.reason + (
+        f"; a request alone runs on an engine of {batcher.pool.lone.threads} thread(s)" if batcher.pool.lone else ""))
     if batcher.plan.warning:
         log.warning("model %s: %s", name, batcher.plan.warning)
     if config.max_batch_size is None:

@@ -12,6 +12,11 @@ decodes and runs the model there: a crash or a leak in the engine then costs one
 instance, not the server (measured here: more CPU and memory per request, see
 docs/serve.md).
 
+With ``--lone-request-threads T`` the pool also holds a ``lone`` engine of T
+threads: a request that is alone (every instance idle, no two requests held at
+once for a while; the batcher decides) runs there on every core, and no
+instance starts until it ends.
+
 An instance whose model call fails with an unexpected error, or whose process
 exits, is taken out of service: the requests it was running hear 503 at once, and a fresh engine is
 loaded in its place (a few tries, then the model is marked failed). The pool

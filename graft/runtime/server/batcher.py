@@ -10,10 +10,12 @@ event loop stays free, and the other instances keep running), and each request
 gets its own rows back. When requests run alone, a busy instance may also take
 the next one (``HANDOFF_DEPTH``): its thread then starts it the moment the
 running one ends instead of idling until the event loop hands it over (measured
-on two cores: about 5% more requests per second). A request whose deadline passes while it is queued is
-dropped from the batch and answered 504; one whose caller stops waiting (its
-client went away) leaves the queue at once. Requests enter the queue only once
-their body is read and decoded, so a slow client holds up nobody.
+on two cores: 3 to 10% more requests per second). A request whose deadline
+passes while it is queued is dropped from the batch and answered 504; one whose
+caller stops waiting (its client went away) leaves the queue at once. Requests
+enter the queue only once their body is read and decoded, so a slow client
+holds up nobody. A request that is alone (no two held at once for
+``ALONE_AFTER_S``) may run on the pool's ``lone`` engine, on every core.
 
 An instance whose model call raises an unexpected error (not a ``GraftError``)
 is replaced; the requests it was running get 503.

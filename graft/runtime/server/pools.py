@@ -69,7 +69,11 @@ def load_lone(entry: ModelEntry, plan: InstancePlan, config: ServerConfig) -> In
     Its threads may spin: it runs only while every instance idles, for the lowest latency.
     """
     threads = config.lone_request_threads
-    if not threads or plan.kind != "thread" or entry.classifier.device in GPU_DEVICES:
+    if not threads or plan.kind != "thread":
+        return None
+    if entry.classifier.device in GPU_DEVICES:
+        log.info("model %s:%s: --lone-request-threads applies to the CPU; not used on %s", entry.name,
+                 entry.version, entry.classifier.device)
         return None
     clone = load_instance(entry.classifier, InstancePlan(1, threads, ""), config.device, spin=True)
     limit = config.batch_limit

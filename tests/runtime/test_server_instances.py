@@ -250,21 +250,25 @@ def test_a_slow_upload_holds_up_no_other_request(color_onnx):
         assert answer.startswith(b"HTTP/1.1 200 ")
 
 
-def test_more_instances_than_cores_start_with_a_warning(color_onnx):
+def test_more_threads_than_cores_start_with_a_warning(color_onnx):
     from graft.runtime.server.instances import usable_cores
 
     from server_harness import ServerProcess
 
     count = usable_cores() + 1
-    server = ServerProcess(color_onnx, "--instances", str(count), "--model-threads", "1")
+    server = ServerProcess(color_onnx, "--instances", str(count), "--model-threads", "1",
+                           "--lone-request-threads", str(count))
     try:
         meta = httpx.get(server.url + "/v2/models/colors", timeout=10).json()
         assert meta["instances"]["count"] == count
+        assert meta["instances"]["lone_request"]["threads"] == count
     finally:
         server.terminate()
     log = server.process.stderr.read()
     assert (f"model colors:1: {count} instance(s) x 1 thread(s) oversubscribe the {count - 1} core(s) "
             "this process may use") in log
+    assert (f"model colors:1: --lone-request-threads {count} is more than the {count - 1} core(s) this "
+            "process may use") in log
 
 
 # ------------------------------------------------------------ a request alone

@@ -19,7 +19,7 @@ from graft.runtime.server import batch_probe, process_instance, worker
 from graft.runtime.server.batcher import Batcher
 from graft.runtime.server.config import ServerConfig
 from graft.runtime.server.instances import (CPU_SESSION_CONFIG, GPU_DEVICES, Instance, InstancePlan,
-                                            InstancePool, plan_instances)
+                                            InstancePool, plan_instances, usable_cores)
 from graft.runtime.server.repository import ModelEntry
 
 log = logging.getLogger("graft.serve")
@@ -75,6 +75,10 @@ def load_lone(entry: ModelEntry, plan: InstancePlan, config: ServerConfig) -> In
         log.info("model %s:%s: --lone-request-threads applies to the CPU; not used on %s", entry.name,
                  entry.version, entry.classifier.device)
         return None
+    if threads > usable_cores():
+        log.warning("model %s:%s: --lone-request-threads %d is more than the %d core(s) this process may "
+                    "use: the extra threads only take turns on them", entry.name, entry.version, threads,
+                    usable_cores())
     clone = load_instance(entry.classifier, InstancePlan(1, threads, ""), config.device, spin=True)
     limit = config.batch_limit
     lone = Instance(plan.count, lambda pixels: clone.predict_pixels(pixels, limit), f"{entry.name}-alone",

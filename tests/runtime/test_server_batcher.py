@@ -390,3 +390,59 @@ def test_a_client_that_disconnects_is_dropped_from_the_queue_and_counted_cancele
     assert server.batches == [1]  # the departed client's image was never computed
     assert metric(server.url, "nv_inference_request_success_total" + KEY) == 1
     assert metric(server.url, "nv_inference_count_total" + KEY) == 1
+
+
+# ------------------------------------------------------------ the hand-off
+def test_nothing_is_handed_to_wait_behind_a_batch_of_several_images():
+    async def main():
+        heavy_gate, light_gate, ran = Gate(), Gate(), []
+
+        def tracked(gate, name):
+            def run(pixels):
+                result = gate(pixels)
+                ran.append((name, len(pixels)))
+                return result
+            return run
+
+        pool = InstancePool([Instance(0, tracked(heavy_gate, 0), "m"), Instance(1, tracked(light_gate, 1), "m")])
+        batcher = Batcher(max_batch_size=1, name="m:1", pool=pool)
+        batcher.start()
+        heavy = asyncio.create_task(batcher.submit(rows(1, 2, 3)))  # one request of three images
+        while not heavy_gate.started.is_set():
+            await asyncio.sleep(0.005)
+        light = asyncio.create_task(batcher.submit(rows(4)))
+        while not light_gate.started.is_set():
+            await asyncio.sleep(0.005)
+        handed = asyncio.create_task(batcher.submit(rows(5)))
+        await asyncio.sleep(0.05)
+        seen = [i.handed for i in pool.instances]
+        light_gate.open.set()  # instance 1 ends its request: the handed one runs there next
+        answer = await asyncio.wait_for(handed, 5)
+        heavy_gate.open.set()
+        await asyncio.gather(heavy, light)
+        await batcher.stop()
+        return seen, answer[0].item(), ran
+
+    seen, answer, ran = run(main())
+    assert seen == [1, 2]  # handed behind the one-image request, not the three-image one
+    assert answer == 5.0 and ran[:2] == [(1, 1), (1, 1)]
+
+
+def test_a_handed_request_past_its_deadline_is_answered_504_and_not_computed():
+    async def main():
+        gate = Gate()
+        batcher = Batcher(gate, max_batch_size=1)
+        first = await started(batcher, gate, rows(1))
+        late = asyncio.create_task(batcher.submit(rows(2), deadline=time.monotonic() + 0.05))
+        await asyncio.sleep(0.02)
+        handed = batcher.pool.instances[0].handed
+        await asyncio.sleep(0.1)
+        gate.open.set()
+        results = await asyncio.gather(first, late, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        await batcher.stop()
+        return handed, results, gate.batches
+
+    handed, (first, late), batches = run(main())
+    assert handed == 2 and first[0].item() == 1.0
+    assert isinstance(late, DeadlineExceeded) and batches == [1]  # the model ran once

@@ -373,3 +373,76 @@ def test_lone_request_threads_with_worker_processes_is_refused():
     result = CliRunner().invoke(serve, ["model.onnx", "--instance-kind", "process", "--lone-request-threads", "2"])
     assert result.exit_code == 2
     assert "--lone-request-threads works with instances in threads" in result.output
+
+
+def _lone_pool(runs: dict):
+    from graft.runtime.server.instances import Instance, InstancePool
+
+    return InstancePool([Instance(0, runs[0], "m"), Instance(1, runs[1], "m")], name="m:1",
+                        lone=Instance(2, runs["lone"], "m", threads=2))
+
+
+def test_a_request_right_after_two_long_ones_is_not_alone(monkeypatch):
+    """'Alone' counts from when two requests stopped being held together, not from when they met."""
+    import asyncio
+
+    from graft.runtime.server import batcher as batcher_module
+    from graft.runtime.server.batcher import Batcher
+
+    monkeypatch.setattr(batcher_module, "ALONE_AFTER_S", 0.2)
+    ran_on = []
+
+    def engine(name, seconds):
+        def run(pixels):
+            time.sleep(seconds)
+            ran_on.append(name)
+            return pixels.reshape(len(pixels), -1).sum(axis=1, keepdims=True)
+        return run
+
+    async def main():
+        pool = _lone_pool({0: engine(0, 0.4), 1: engine(1, 0.4), "lone": engine("lone", 0)})
+        batcher = Batcher(max_batch_size=1, name="m:1", pool=pool)
+        batcher.start()
+        pixels = np.ones((1, 1, 1, 1), np.float32)
+        await asyncio.gather(batcher.submit(pixels), batcher.submit(pixels))  # held together for 0.4 s
+        await batcher.submit(pixels)
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert sorted(ran_on[:2]) == [0, 1] and ran_on[2] in (0, 1)
+
+
+def test_a_stuck_lone_call_does_not_stall_the_model(monkeypatch):
+    import asyncio
+
+    from graft.runtime.server import instances as instances_module
+    from graft.runtime.server.batcher import Batcher
+
+    monkeypatch.setattr(instances_module, "LONE_EXCLUSIVE_S", 0.2)
+    gate = threading.Event()
+
+    def stuck(pixels):
+        gate.wait(10)
+        return pixels.reshape(len(pixels), -1).sum(axis=1, keepdims=True)
+
+    def working(pixels):
+        return pixels.reshape(len(pixels), -1).sum(axis=1, keepdims=True) + 1
+
+    async def main():
+        pool = _lone_pool({0: working, 1: working, "lone": stuck})
+        batcher = Batcher(max_batch_size=1, name="m:1", pool=pool)
+        batcher.start()
+        pixels = np.ones((1, 1, 1, 1), np.float32)
+        first = asyncio.create_task(batcher.submit(pixels))   # alone: the lone engine, which hangs
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        second = await asyncio.wait_for(batcher.submit(pixels), 5)
+        waited = time.monotonic() - started
+        gate.set()
+        await first
+        await batcher.stop()
+        return second[0].item(), waited
+
+    answer, waited = asyncio.run(main())
+    assert answer == 2.0  # answered by an instance while the lone call was still stuck
+    assert 0.1 < waited < 2.0

@@ -7,10 +7,11 @@ runs alone); when the batch is not full and other requests for the same model
 are still being read or decoded, it waits up to ``max_queue_delay`` for them. A
 lone request is never delayed. The batch runs in that instance's thread (so the
 event loop stays free, and the other instances keep running), and each request
-gets its own rows back. When requests run alone, a busy instance may also take
-the next one (``HANDOFF_DEPTH``): its thread then starts it the moment the
-running one ends instead of idling until the event loop hands it over (measured
-on two cores: 3 to 10% more requests per second). A request whose deadline
+gets its own rows back. When requests run alone, a busy instance running a
+one-image request may also take the next one-image request (``HANDOFF_DEPTH``):
+its thread then starts it the moment the running one ends instead of idling
+until the event loop hands it over (measured on two cores: 3 to 10% more
+requests per second); a handed request nobody waits for any more is skipped. A request whose deadline
 passes while it is queued is dropped from the batch and answered 504; one whose
 caller stops waiting (its client went away) leaves the queue at once. Requests
 enter the queue only once their body is read and decoded, so a slow client
@@ -202,6 +203,8 @@ class Batcher:
             self._abandon(item)
             raise
         finally:
+            if self._held > 1:  # two were held until now
+                self._together_at = time.monotonic()
             self._held -= 1
 
     def _abandon(self, item: _Item) -> None:
@@ -217,9 +220,10 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # FIFO: the queue's head goes to the first free instance; a request that runs alone
-            # may also wait in a busy one's thread, to start the moment the running one ends
-            instance = await self.pool.acquire(depth=1 if self.combines else HANDOFF_DEPTH, alone=self._alone())
+            # FIFO: the queue's head goes to the first free instance; a one-image request that
+            # runs alone may also wait in a busy one's thread (behind another one-image request),
+            # to start the moment the running one ends
+            instance = await self.pool.acquire(depth=self._depth, alone=self._alone)
             self._gathering = []
             batch = await self._gather(self._gathering)
             self._gathering = []
@@ -227,9 +231,17 @@ class Batcher:
             if not batch:
                 self.pool.release(instance)
                 continue
+            if sum(item.size for item in batch) > 1:
+                instance.heavy = True  # nothing is handed to wait behind it
             task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
             self._running[task] = batch
             task.add_done_callback(self._executed)
+
+    def _depth(self) -> int:
+        """How many batches an instance may hold for the request at the head (1: only a free one)."""
+        if self.combines or not self._items or self._items[0].size != 1:
+            return 1
+        return HANDOFF_DEPTH
 
     def _alone(self) -> bool:
         """Whether the request at the head is the only one about, and has been for a while:
@@ -284,7 +296,10 @@ class Batcher:
         deadline = None if None in deadlines else max(deadlines)
         try:  # in the instance's thread: decode what is still encoded, then the model call
             probs = await asyncio.get_running_loop().run_in_executor(
-                instance.executor, instance.execute, [item.pixels for item in batch], deadline)
+                instance.executor, self._run_if_awaited, instance, batch, deadline)
+            if probs is None:  # every request left while it waited in the instance's thread
+                self.pool.release(instance)
+                return
         except GraftError as exc:  # the request's own fault: every request in the batch hears why
             self.pool.release(instance)
             self._answer(batch, exc if isinstance(exc, ServerError) else ServerError(f"inference failed: {exc}"))
@@ -306,6 +321,15 @@ class Batcher:
                 item.future.set_result((rows, start - item.enqueued))
         if self.on_batch is not None:
             self.on_batch(BatchStats(offset, len(batch), compute_s, [start - i.enqueued for i in batch]))
+
+    def _run_if_awaited(self, instance: Instance, batch: list[_Item], deadline: float | None):
+        """In the instance's thread: the batch's probabilities, None when no request waits for
+        them any more (a request handed to a busy instance may have left meanwhile)."""
+        if all(item.future.done() for item in batch):  # a read of the futures' state only
+            return None
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded(_late(self.name, "while it waited for its instance"))
+        return instance.execute([item.pixels for item in batch], deadline)
 
     @staticmethod
     def _answer(batch: list[_Item], error: ServerError) -> None:

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -43,6 +44,9 @@ Runner = Callable[[np.ndarray], np.ndarray]
 GPU_DEVICES = ("cuda", "tensorrt")
 THREADS_PER_INSTANCE = 1  # the CPU default: one core per instance
 REPLACE_TRIES = 3
+# the lone engine holds every core; past this many seconds in one call the instances
+# take requests again, so one stuck call cannot stall the model
+LONE_EXCLUSIVE_S = 1.0
 # onnxruntime's intra-op threads spin while they wait for work by default; with the
 # cores shared by instances (and decoding) that spinning only takes CPU from the others
 # (measured: about twice the CPU per request).
@@ -149,6 +153,8 @@ class Instance:
                                            initializer=pin_to, initargs=(cores,))
         self.state = "live"   # live | replacing | failed
         self.handed = 0       # batches handed to its thread and not yet answered
+        self.since = 0.0      # when its running batch started (monotonic), while handed > 0
+        self.heavy = False    # it runs a batch of several images: nothing is handed to it meanwhile
         self.error: str | None = None
 
     @property
@@ -184,7 +190,7 @@ class InstancePool:
         self._load = load
         self.lone = lone           # an engine whose threads span the cores, for a request alone
         self.lone_runs = 0
-        self._lone_running = False
+        self._lone_since: float | None = None   # when the running lone call started
         self._freed: asyncio.Event | None = None
         self._replacing: set[asyncio.Task] = set()
         self.on_lost: Callable[[str], None] | None = None
@@ -226,40 +232,63 @@ class InstancePool:
         waiting = any(i.state == "replacing" for i in self.instances)
         return f"no instance is running ({errors}){'; being replaced' if waiting else ''}"
 
-    async def acquire(self, depth: int = 1, alone: bool = False) -> Instance:
-        """The first free live instance, else the first with fewer than ``depth`` batches
-        handed to it, waiting until there is one (only the collector calls this).
+    async def acquire(self, depth: int | Callable[[], int] = 1,
+                      alone: Callable[[], bool] | None = None) -> Instance:
+        """The first free live instance, else (``depth`` 2) the busy one whose running
+        request started first, waiting until there is one (only the collector calls this).
 
         A depth of 2 lets an instance's thread go from one request straight to the
-        next, without waiting for the event loop to hand it over. ``alone``: the
-        request is the only one about; with every instance idle it runs on the
-        ``lone`` engine, whose threads take every core, so no instance starts meanwhile.
+        next, without waiting for the event loop to hand it over; an instance running
+        a batch of several images (``heavy``) is never handed more. ``alone()`` says
+        whether the request is the only one about; with every instance idle it then
+        runs on the ``lone`` engine, whose threads take every core, so no instance
+        starts meanwhile (for up to ``LONE_EXCLUSIVE_S``).
         """
         while True:
-            if not self._lone_running:
-                if alone and self.lone is not None and self.lone.state == "live" \
-                        and not any(i.handed for i in self.instances):
-                    self._lone_running, self.lone.handed = True, 1
-                    return self.lone
-                for limit in range(1, depth + 1):
-                    for instance in self.instances:
-                        if instance.state == "live" and instance.handed < limit:
-                            instance.handed += 1
-                            return instance
+            lone_for = None if self._lone_since is None else time.monotonic() - self._lone_since
+            if lone_for is None or lone_for > LONE_EXCLUSIVE_S:
+                chosen = self._choose(depth, alone if lone_for is None else None)
+                if chosen is not None:
+                    return chosen
             self._freed.clear()
-            await self._freed.wait()
+            if lone_for is not None and lone_for <= LONE_EXCLUSIVE_S:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._freed.wait(), LONE_EXCLUSIVE_S - lone_for + 0.001)
+            else:
+                await self._freed.wait()
+
+    def _choose(self, depth: int | Callable[[], int], alone: Callable[[], bool] | None) -> Instance | None:
+        live = [i for i in self.instances if i.state == "live"]
+        if alone is not None and self.lone is not None and self.lone.state == "live" \
+                and not any(i.handed for i in self.instances) and alone():
+            self._lone_since, self.lone.handed = time.monotonic(), 1
+            return self.lone
+        free = [i for i in live if not i.handed]
+        if free:
+            free[0].handed, free[0].since = 1, time.monotonic()
+            return free[0]
+        depth = depth() if callable(depth) else depth
+        waiting = [i for i in live if i.handed < depth and not i.heavy]
+        if waiting:  # the one whose running request started first is likely to end first
+            chosen = min(waiting, key=lambda i: i.since)
+            chosen.handed += 1
+            return chosen
+        return None
 
     def release(self, instance: Instance) -> None:
         instance.handed = max(0, instance.handed - 1)
+        instance.since = time.monotonic()  # its next handed request (if any) starts now
+        if not instance.handed:
+            instance.heavy = False
         if instance is self.lone:
-            self._lone_running = False
+            self._lone_since = None
             self.lone_runs += 1
         self._freed.set()
 
     def failed(self, instance: Instance, exc: BaseException) -> None:
         """Take ``instance`` out of service and load a replacement in the background."""
         if instance is self.lone:  # not replaced: requests alone run on the instances from now on
-            self._lone_running, instance.handed, instance.state = False, 0, "failed"
+            self._lone_since, instance.handed, instance.state = None, 0, "failed"
             instance.error = f"{type(exc).__name__}: {exc}"[:300]
             instance.close()
             log.error("model %s: the engine for requests alone failed (%s); they run on the instances "

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from graft.cli.serve import serve
 from graft.runtime.server import batch_probe, instances
-from graft.runtime.server.instances import plan_instances
+from graft.runtime.server.placement import plan_instances
 from server_harness import image_bytes, metric, thread_server, wait_for
 
 CLASSIFY = "/v2/models/colors/classify?top_k=1"
@@ -207,7 +207,7 @@ def test_instance_plans_fill_the_cores_and_warn_when_oversubscribed():
 
 def test_pinned_instances_run_on_their_own_cores(color_onnx):
     """Each instance's thread keeps to the core the plan gave it, and /v2/models/NAME says which."""
-    from graft.runtime.server.instances import core_ids
+    from graft.runtime.server.placement import core_ids
 
     count = min(2, len(core_ids()))
     with thread_server(color_onnx, instances=count, max_batch_size=1, pin_cores=True) as (server, internals):
@@ -251,7 +251,7 @@ def test_a_slow_upload_holds_up_no_other_request(color_onnx):
 
 
 def test_more_threads_than_cores_start_with_a_warning(color_onnx):
-    from graft.runtime.server.instances import usable_cores
+    from graft.runtime.server.placement import usable_cores
 
     from server_harness import ServerProcess
 
@@ -275,11 +275,11 @@ def test_more_threads_than_cores_start_with_a_warning(color_onnx):
 def test_a_request_alone_runs_on_the_lone_engine_and_requests_together_on_the_instances(monkeypatch):
     import asyncio
 
-    from graft.runtime.server import batcher as batcher_module
+    from graft.runtime.server import instances as instances_module
     from graft.runtime.server.batcher import Batcher
     from graft.runtime.server.instances import Instance, InstancePool
 
-    monkeypatch.setattr(batcher_module, "ALONE_AFTER_S", 0.3)
+    monkeypatch.setattr(instances_module, "ALONE_AFTER_S", 0.3)
     ran_on = []
 
     def engine(name):
@@ -386,10 +386,10 @@ def test_a_request_right_after_two_long_ones_is_not_alone(monkeypatch):
     """'Alone' counts from when two requests stopped being held together, not from when they met."""
     import asyncio
 
-    from graft.runtime.server import batcher as batcher_module
+    from graft.runtime.server import instances as instances_module
     from graft.runtime.server.batcher import Batcher
 
-    monkeypatch.setattr(batcher_module, "ALONE_AFTER_S", 0.2)
+    monkeypatch.setattr(instances_module, "ALONE_AFTER_S", 0.2)
     ran_on = []
 
     def engine(name, seconds):

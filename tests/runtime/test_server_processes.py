@@ -50,7 +50,7 @@ def test_a_stopped_instance_process_holds_up_only_its_own_request(process_server
     assert described["kind"] == "process" and described["count"] == 2 and described["live"] == 2
     first, second = described["pids"]
     assert first != second and first != os.getpid() and alive(first) and alive(second)
-    from graft.runtime.server.instances import core_ids
+    from graft.runtime.server.placement import core_ids
 
     if len(core_ids()) >= 2:  # two instances go round two cores: each process keeps to its own
         assert described["cores"] == [[core] for core in core_ids()[:2]]

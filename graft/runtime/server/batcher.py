@@ -11,12 +11,12 @@ gets its own rows back. When requests run alone, a busy instance running a
 one-image request may also take the next one-image request (``HANDOFF_DEPTH``):
 its thread then starts it the moment the running one ends instead of idling
 until the event loop hands it over (measured on two cores: 3 to 10% more
-requests per second); a handed request nobody waits for any more is skipped. A request whose deadline
-passes while it is queued is dropped from the batch and answered 504; one whose
+requests per second); a handed request nobody waits for any more is skipped. A
+request whose deadline passes while it is queued is answered 504; one whose
 caller stops waiting (its client went away) leaves the queue at once. Requests
 enter the queue only once their body is read and decoded, so a slow client
-holds up nobody. A request that is alone (no two held at once for
-``ALONE_AFTER_S``) may run on the pool's ``lone`` engine, on every core.
+holds up nobody. A request that is alone (``Company``) may run on the pool's
+``lone`` engine, on every core.
 
 An instance whose model call raises an unexpected error (not a ``GraftError``)
 is replaced; the requests it was running get 503.
@@ -40,21 +40,10 @@ import numpy as np
 
 from graft.errors import GraftError
 from graft.runtime.server.errors import DeadlineExceeded, ServerError, Unavailable
-from graft.runtime.server.instances import Deferred, Instance, InstancePool
+from graft.runtime.server.instances import BatchStats, Company, Deferred, Instance, InstancePool
 
 log = logging.getLogger("graft.serve")
 HANDOFF_DEPTH = 2  # requests handed to one instance's thread at once, when they run alone
-ALONE_AFTER_S = 1.0  # a request counts as alone when no two have been held at once for this long
-
-
-@dataclass
-class BatchStats:
-    """What one model execution did, for the metrics."""
-
-    items: int
-    requests: int
-    compute_s: float
-    queue_s: list[float]
 
 
 @dataclass
@@ -89,8 +78,7 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._arriving = 0
-        self._held = 0                  # requests submitted and not yet answered
-        self._together_at = -ALONE_AFTER_S  # when two requests were last held at once (monotonic)
+        self.company = Company()  # requests held at once: is the next one alone?
         self.failure: str | None = None  # why the batcher stopped for good; None while it runs
         self.plan = None       # the InstancePlan it was made from (pools.make_batcher)
         self.decision: dict = {"enabled": self.max_batch_size > 1, "max_batch_size": self.max_batch_size,
@@ -190,9 +178,7 @@ class Batcher:
             raise DeadlineExceeded(_late(self.name, "before it was queued"))
         item = _Item(pixels, deadline, asyncio.get_running_loop().create_future())
         self._items.append(item)
-        self._held += 1
-        if self._held > 1:
-            self._together_at = time.monotonic()
+        self.company.enter()
         self._wakeup.set()
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), remaining)
@@ -203,9 +189,7 @@ class Batcher:
             self._abandon(item)
             raise
         finally:
-            if self._held > 1:  # two were held until now
-                self._together_at = time.monotonic()
-            self._held -= 1
+            self.company.leave()
 
     def _abandon(self, item: _Item) -> None:
         """Nobody waits for ``item`` any more: leave the queue now (a running batch still runs)."""
@@ -246,8 +230,7 @@ class Batcher:
     def _alone(self) -> bool:
         """Whether the request at the head is the only one about, and has been for a while:
         then an idle pool may run it on every core (``InstancePool.lone``)."""
-        return (self._held == 1 and self._arriving == 0 and not self.combines
-                and time.monotonic() - self._together_at > ALONE_AFTER_S)
+        return self._arriving == 0 and not self.combines and self.company.alone()
 
     def _executed(self, task: asyncio.Task) -> None:
         self._running.pop(task, None)
@@ -296,7 +279,8 @@ class Batcher:
         deadline = None if None in deadlines else max(deadlines)
         try:  # in the instance's thread: decode what is still encoded, then the model call
             probs = await asyncio.get_running_loop().run_in_executor(
-                instance.executor, self._run_if_awaited, instance, batch, deadline)
+                instance.executor, instance.run_awaited, [item.pixels for item in batch],
+                [item.future for item in batch], deadline, self.name)
             if probs is None:  # every request left while it waited in the instance's thread
                 self.pool.release(instance)
                 return
@@ -321,15 +305,6 @@ class Batcher:
                 item.future.set_result((rows, start - item.enqueued))
         if self.on_batch is not None:
             self.on_batch(BatchStats(offset, len(batch), compute_s, [start - i.enqueued for i in batch]))
-
-    def _run_if_awaited(self, instance: Instance, batch: list[_Item], deadline: float | None):
-        """In the instance's thread: the batch's probabilities, None when no request waits for
-        them any more (a request handed to a busy instance may have left meanwhile)."""
-        if all(item.future.done() for item in batch):  # a read of the futures' state only
-            return None
-        if deadline is not None and time.monotonic() >= deadline:
-            raise DeadlineExceeded(_late(self.name, "while it waited for its instance"))
-        return instance.execute([item.pixels for item in batch], deadline)
 
     @staticmethod
     def _answer(batch: list[_Item], error: ServerError) -> None:

@@ -15,7 +15,7 @@ class ServerConfig:
     """How ``graft serve`` listens, runs its models, batches and limits requests.
 
     Each model version runs on ``instances`` engines of ``model_threads`` threads
-    each (see ``instances.plan_instances``); ``max_batch_size`` None lets a
+    each (see ``placement.plan_instances``); ``max_batch_size`` None lets a
     measurement at start-up decide whether combining requests pays.
 
     Limits per image: ``max_pixels`` (width x height from the header). Per

@@ -1,12 +1,11 @@
 """Model instances: several engines of one model version, each with its own threads.
 
 As Triton's ``instance_group``: ``--instances N`` loads the model N times; a
-request (or a batch) runs on whichever instance is free. On the CPU the default
-fills the cores without oversubscribing them: one instance per core, each with
-one onnxruntime thread that does not spin while it waits (measured on two cores:
-as many or more requests than one instance of two threads, for less CPU per
-request; see docs/serve.md). On a GPU the default is one instance (batching
-keeps it busy). Instances run in threads of the server; with ``--instance-kind
+request (or a batch) runs on whichever instance is free. How many, with how
+many threads and on which cores is ``placement``'s plan; on the CPU each
+onnxruntime thread does not spin while it waits (measured on two cores: as many
+or more requests than one instance of two threads, for less CPU per request;
+see docs/serve.md). Instances run in threads of the server; with ``--instance-kind
 process`` each runs in a worker process of its own (``process_instance``), which
 decodes and runs the model there: a crash or a leak in the engine then costs one
 instance, not the server (measured here: more CPU and memory per request, see
@@ -36,33 +35,21 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from graft.runtime.server.errors import DeadlineExceeded
 from graft.runtime.server.worker import Encoded
 
 log = logging.getLogger("graft.serve")
 
 Runner = Callable[[np.ndarray], np.ndarray]
-GPU_DEVICES = ("cuda", "tensorrt")
-THREADS_PER_INSTANCE = 1  # the CPU default: one core per instance
 REPLACE_TRIES = 3
 # the lone engine holds every core; past this many seconds in one call the instances
 # take requests again, so one stuck call cannot stall the model
 LONE_EXCLUSIVE_S = 1.0
+ALONE_AFTER_S = 1.0  # a request counts as alone when no two have been held at once for this long
 # onnxruntime's intra-op threads spin while they wait for work by default; with the
 # cores shared by instances (and decoding) that spinning only takes CPU from the others
 # (measured: about twice the CPU per request).
 CPU_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
-
-
-def usable_cores() -> int:
-    """How many cores this process may run on (its affinity mask, not the machine's count)."""
-    return len(core_ids())
-
-
-def core_ids() -> list[int]:
-    """The cores this process may run on, by number."""
-    with contextlib.suppress(AttributeError, OSError):
-        return sorted(os.sched_getaffinity(0)) or [0]
-    return list(range(max(1, os.cpu_count() or 1)))
 
 
 def pin_to(cores: tuple[int, ...] | None) -> None:
@@ -84,60 +71,39 @@ class Deferred(NamedTuple):
         return len(self.encoded.images)
 
 
-@dataclass(frozen=True)
-class InstancePlan:
-    """How many instances of each model version, with how many engine threads each, and where."""
+@dataclass
+class BatchStats:
+    """What one model execution did, for the metrics."""
 
-    count: int
-    threads: int | None   # None: the engine's own default (a GPU session)
-    reason: str           # how the numbers were chosen, for the log and /v2/models/NAME
-    warning: str | None = None
-    kind: str = "thread"  # "process": each instance in a worker process; "thread": in the server's
-    cores: tuple[tuple[int, ...], ...] | None = None   # instance i's cores, when pinned
+    items: int
+    requests: int
+    compute_s: float
+    queue_s: list[float]
 
 
-def plan_instances(instances: int | None, threads: int | None, device: str,
-                   cores: int | None = None, kind: str = "thread", pin: bool = False) -> InstancePlan:
-    """Instances, threads per instance and their kind for ``device`` ("cpu", "cuda", ...).
+class Company:
+    """How many requests a model version holds at once, and since when one has been alone.
 
-    ``instances`` None means auto: on a GPU one; on the CPU ``cores // threads``
-    with one thread per instance unless ``threads`` says otherwise. More
-    instances x threads than cores is allowed, with a warning that says why it
-    does not help. ``kind``: "thread" (in the server's process) or "process".
-    ``pin`` keeps each CPU instance on cores of its own, when they go round.
+    A request is alone when it is the only one held and no two have been held at
+    once for ``ALONE_AFTER_S``: then the pool may run it on every core.
     """
-    ids = list(range(cores)) if cores else core_ids()
-    plan = _count(instances, threads, device, len(ids))
-    reason = plan.reason + (", each in a worker process" if kind == "process" else ", in the server's threads")
-    pinned = None
-    if pin and device not in GPU_DEVICES:
-        step = plan.threads or 1
-        if plan.count * step <= len(ids):
-            pinned = tuple(tuple(ids[i * step:(i + 1) * step]) for i in range(plan.count))
-            reason += ", pinned to cores " + " | ".join(",".join(map(str, c)) for c in pinned)
-        else:
-            reason += ", not pinned (more instances x threads than cores)"
-    return InstancePlan(plan.count, plan.threads, reason, plan.warning, kind, pinned)
 
+    def __init__(self):
+        self.held = 0                          # requests submitted and not yet answered
+        self.together_at = -ALONE_AFTER_S      # when two were last held at once (monotonic)
 
-def _count(instances: int | None, threads: int | None, device: str, cores: int) -> InstancePlan:
-    if device in GPU_DEVICES:
-        count = instances or 1
-        return InstancePlan(count, threads, f"{count} instance(s) on {device}"
-                            + ("" if instances else " (auto: one per GPU; batching keeps it busy)"))
-    if instances is None:
-        threads = threads or min(THREADS_PER_INSTANCE, cores)
-        count = max(1, cores // threads)
-        return InstancePlan(count, threads, f"auto: {count} instance(s) x {threads} thread(s) "
-                            f"for {cores} core(s)")
-    threads = threads or max(1, cores // instances)
-    warning = None
-    if instances * threads > cores:
-        warning = (f"{instances} instance(s) x {threads} thread(s) oversubscribe the {cores} core(s) "
-                   "this process may use: they take turns on the cores, adding memory and "
-                   "latency but no throughput; use --instances auto")
-    return InstancePlan(instances, threads, f"{instances} instance(s) x {threads} thread(s) on "
-                        f"{cores} core(s)", warning)
+    def enter(self) -> None:
+        self.held += 1
+        if self.held > 1:
+            self.together_at = time.monotonic()
+
+    def leave(self) -> None:
+        if self.held > 1:  # two were held until now
+            self.together_at = time.monotonic()
+        self.held -= 1
+
+    def alone(self) -> bool:
+        return self.held == 1 and time.monotonic() - self.together_at > ALONE_AFTER_S
 
 
 class Instance:
@@ -165,6 +131,16 @@ class Instance:
         """Probabilities for ``parts`` (pixel arrays, or ``Deferred`` images); runs in ``executor``."""
         arrays = [p.decode() if isinstance(p, Deferred) else p for p in parts]
         return self.run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
+
+    def run_awaited(self, parts: list, futures: list, deadline: float | None, model: str):
+        """``execute`` in the instance's thread, unless no request waits any more (None) or
+        their deadline has passed (504): a request handed to a busy instance may wait a while."""
+        if all(future.done() for future in futures):  # a read of the futures' state only
+            return None
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded(f"model {model!r}: the request passed its deadline while it waited "
+                                   "for its instance; raise --timeout-ms or retry")
+        return self.execute(parts, deadline)
 
     def close(self) -> None:
         """Out of service: a call stuck in the thread keeps the thread, never the instance."""

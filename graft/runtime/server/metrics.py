@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from graft.runtime.server.batcher import BatchStats
+from graft.runtime.server.instances import BatchStats
 
 _MODEL = ("model", "version")
 

@@ -18,8 +18,8 @@ from graft.runtime.classifier import Classifier
 from graft.runtime.server import batch_probe, process_instance, worker
 from graft.runtime.server.batcher import Batcher
 from graft.runtime.server.config import ServerConfig
-from graft.runtime.server.instances import (CPU_SESSION_CONFIG, GPU_DEVICES, Instance, InstancePlan,
-                                            InstancePool, plan_instances, usable_cores)
+from graft.runtime.server.instances import CPU_SESSION_CONFIG, Instance, InstancePool
+from graft.runtime.server.placement import GPU_DEVICES, InstancePlan, plan_instances, usable_cores
 from graft.runtime.server.repository import ModelEntry
 
 log = logging.getLogger("graft.serve")

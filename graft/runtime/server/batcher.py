@@ -10,8 +10,9 @@ event loop stays free, and the other instances keep running), and each request
 gets its own rows back. When requests run alone, a busy instance running a
 one-image request may also take the next one-image request (``HANDOFF_DEPTH``):
 its thread then starts it the moment the running one ends instead of idling
-until the event loop hands it over (measured on two cores: 3 to 10% more
-requests per second); a handed request nobody waits for any more is skipped. A
+until the event loop hands it over (measured on two cores: from 0.88x / 0.89x a
+tuned peer's requests per second at 8 / 32 clients to 0.97x / 0.92x); a handed
+request nobody waits for any more is skipped. A
 request whose deadline passes while it is queued is answered 504; one whose
 caller stops waiting (its client went away) leaves the queue at once. Requests
 enter the queue only once their body is read and decoded, so a slow client
@@ -280,7 +281,7 @@ class Batcher:
         try:  # in the instance's thread: decode what is still encoded, then the model call
             probs = await asyncio.get_running_loop().run_in_executor(
                 instance.executor, instance.run_awaited, [item.pixels for item in batch],
-                [item.future for item in batch], deadline, self.name)
+                [item.future for item in batch], deadline, _late(self.name, "while it waited for its instance"))
             if probs is None:  # every request left while it waited in the instance's thread
                 self.pool.release(instance)
                 return

@@ -132,14 +132,14 @@ class Instance:
         arrays = [p.decode() if isinstance(p, Deferred) else p for p in parts]
         return self.run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
 
-    def run_awaited(self, parts: list, futures: list, deadline: float | None, model: str):
+    def run_awaited(self, parts: list, futures: list, deadline: float | None, late: str):
         """``execute`` in the instance's thread, unless no request waits any more (None) or
-        their deadline has passed (504): a request handed to a busy instance may wait a while."""
+        their deadline has passed (504, saying ``late``): a request handed to a busy
+        instance may wait a while."""
         if all(future.done() for future in futures):  # a read of the futures' state only
             return None
         if deadline is not None and time.monotonic() >= deadline:
-            raise DeadlineExceeded(f"model {model!r}: the request passed its deadline while it waited "
-                                   "for its instance; raise --timeout-ms or retry")
+            raise DeadlineExceeded(late)
         return self.execute(parts, deadline)
 
     def close(self) -> None:

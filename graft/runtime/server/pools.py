@@ -54,13 +54,16 @@ def load_instances(entry: ModelEntry, plan: InstancePlan, config: ServerConfig, 
         workers = process_instance.start_workers(len(indices), name, _opening(entry, plan, config))
         return [process_instance.ProcessInstance(i, w, name, limit, cores_of(plan, i))
                 for i, w in zip(indices, workers)]
-    made = []
-    for index in indices:
-        clone = load_instance(entry.classifier, plan, config.device, config.spin_wait)
-        made.append(Instance(index, lambda pixels, c=clone: c.predict_pixels(pixels, limit), name,
-                             cores_of(plan, index)))
-        made[-1].engine = clone.engine
-    return made
+    return [in_thread(load_instance(entry.classifier, plan, config.device, config.spin_wait), index, name,
+                      limit, cores_of(plan, index)) for index in indices]
+
+
+def in_thread(clone: Classifier, index: int, name: str, limit: int, cores: tuple[int, ...] | None = None,
+              threads: int | None = None) -> Instance:
+    """An instance in this process running ``clone``'s engine on batches of up to ``limit`` images."""
+    instance = Instance(index, lambda pixels: clone.predict_pixels(pixels, limit), name, cores, threads)
+    instance.engine = clone.engine
+    return instance
 
 
 def load_lone(entry: ModelEntry, plan: InstancePlan, config: ServerConfig) -> Instance | None:
@@ -80,11 +83,7 @@ def load_lone(entry: ModelEntry, plan: InstancePlan, config: ServerConfig) -> In
                     "use: the extra threads only take turns on them", entry.name, entry.version, threads,
                     usable_cores())
     clone = load_instance(entry.classifier, InstancePlan(1, threads, ""), config.device, spin=True)
-    limit = config.batch_limit
-    lone = Instance(plan.count, lambda pixels: clone.predict_pixels(pixels, limit), f"{entry.name}-alone",
-                    threads=threads)
-    lone.engine = clone.engine
-    return lone
+    return in_thread(clone, plan.count, f"{entry.name}-alone", config.batch_limit, threads=threads)
 
 
 def cores_of(plan: InstancePlan, index: int) -> tuple[int, ...] | None:
